@@ -1,0 +1,46 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Both create .venv on first use and reinstall when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# CPU-only torch pin for this machine; set CONSTRAINTS= to install your own torch build.
+CONSTRAINTS ?= -c constraints.txt
+DEMO   ?= demo
+
+# Tests and the demo never touch a model hub: a stray hub id fails at once.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install lint clean bench
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e ".[dev,kfp]"
+	touch $@
+
+install: $(STAMP)
+
+# The main job on the offline demo world: data -> model -> pipeline -> report.
+demo: $(STAMP)
+	$(BIN)/rlhfkit demo data $(DEMO)/data
+	$(BIN)/rlhfkit demo model $(DEMO)/model
+	$(BIN)/rlhfkit run examples/demo/params.json --output-dir $(DEMO)/run
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q $(CONSTRAINTS) -e ".[bench]"
+	$(BIN)/python benchmarks/reward_vs_trl.py
+	$(BIN)/python benchmarks/ppo_vs_trl.py
+
+clean:
+	rm -rf $(VENV) $(DEMO)

@@ -1,0 +1,13 @@
+"""rlhfkit: the Vertex AI RLHF tuning pipeline, open and on your own hardware."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("rlhfkit")
+except PackageNotFoundError:  # running from a source tree without an install
+    __version__ = "0.0.0"
+
+from rlhfkit.errors import RlhfkitError  # noqa: E402
+from rlhfkit.params import PipelineParams, steps_for_epochs  # noqa: E402
+
+__all__ = ["PipelineParams", "RlhfkitError", "__version__", "steps_for_epochs"]

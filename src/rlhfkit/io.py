@@ -1,0 +1,129 @@
+"""Reading datasets from anywhere fsspec reaches, and writing outputs atomically.
+
+A dataset argument may be a file, a directory (every *.jsonl / *.json in it), a glob
+(`data/*.jsonl`) or an fsspec URL (`gs://bucket/x.jsonl`, `s3://...`) when the matching
+backend (gcsfs, s3fs, ...) is installed. Every write goes to a temporary name first and is
+renamed into place, so a killed process never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import fsspec
+
+from rlhfkit.errors import RlhfkitError
+
+DATA_SUFFIXES = (".jsonl", ".json")
+# Backends users are most likely to need, by URL scheme.
+_BACKENDS = {"gs": "gcsfs", "gcs": "gcsfs", "s3": "s3fs", "az": "adlfs", "abfs": "adlfs",
+             "hf": "huggingface_hub", "http": "aiohttp", "https": "aiohttp"}
+
+
+def _filesystem(spec: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    protocol = spec.split("://", 1)[0] if "://" in spec else "file"
+    try:
+        fs, path = fsspec.core.url_to_fs(spec)
+    except ImportError as exc:
+        pkg = _BACKENDS.get(protocol, f"the fsspec backend for {protocol}://")
+        raise RlhfkitError(
+            f"{spec}: reading {protocol}:// needs {pkg}; install it with `pip install {pkg}`"
+        ) from exc
+    except ValueError as exc:
+        raise RlhfkitError(f"{spec}: {exc}") from exc
+    return fs, path
+
+
+def expand_paths(spec: str) -> list[str]:
+    """Resolve a dataset argument to a sorted list of files (URLs keep their scheme).
+
+    >>> expand_paths("data/*.jsonl")  # doctest: +SKIP
+    ['data/a.jsonl', 'data/b.jsonl']
+    """
+    fs, path = _filesystem(spec)
+    scheme = spec.split("://", 1)[0] + "://" if "://" in spec else ""
+
+    def full(p: str) -> str:
+        return scheme + p if scheme and not p.startswith(scheme) else p
+
+    if any(ch in path for ch in "*?["):
+        files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        if not files:
+            raise RlhfkitError(f"{spec}: no file matches this pattern")
+        return [full(p) for p in files] if scheme else files
+    if not fs.exists(path):
+        raise RlhfkitError(f"{spec}: no such file or directory")
+    if fs.isdir(path):
+        files = sorted(p for p in fs.find(path) if p.endswith(DATA_SUFFIXES))
+        if not files:
+            raise RlhfkitError(f"{spec}: directory holds no .jsonl or .json file")
+        return [full(p) for p in files] if scheme else files
+    return [spec]
+
+
+def read_bytes(path: str) -> bytes:
+    fs, p = _filesystem(path)
+    with fs.open(p, "rb") as f:
+        return f.read()
+
+
+# -- atomic writes ---------------------------------------------------------------------
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    atomic_write_text(
+        path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary directory that replaces `path` only if the block succeeds.
+
+    Used for model directories (reward_model/, policy/): readers see the old complete
+    directory or the new complete one, never a mix.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
