@@ -10,4 +10,13 @@ except PackageNotFoundError:  # running from a source tree without an install
 from rlhfkit.errors import RlhfkitError  # noqa: E402
 from rlhfkit.params import PipelineParams, steps_for_epochs  # noqa: E402
 
-__all__ = ["PipelineParams", "RlhfkitError", "__version__", "steps_for_epochs"]
+__all__ = ["PipelineJob", "PipelineParams", "RlhfkitError", "__version__", "steps_for_epochs"]
+
+
+def __getattr__(name: str):
+    # PipelineJob pulls in torch; import it only when a notebook asks for it.
+    if name == "PipelineJob":
+        from rlhfkit.pipeline import PipelineJob
+
+        return PipelineJob
+    raise AttributeError(f"module 'rlhfkit' has no attribute {name!r}")

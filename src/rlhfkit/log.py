@@ -7,7 +7,7 @@ import os
 
 from rich.console import Console
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def is_main_process() -> bool:
