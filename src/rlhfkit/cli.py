@@ -53,22 +53,264 @@ def steps(
 
 
 # == data (lesson 2) ===================================================================
-# (commands of rlhfkit.data / rlhfkit.data_tools go here)
+_DATASET_HELP = "A dataset: a JSONL file, a directory, a glob or an fsspec URL."
+_KIND_HELP = "preference, prompt or eval (default: preference if any line has its fields)."
+
+
+@data_app.command("inspect")
+def data_inspect(
+    file: Annotated[str, typer.Argument(help=_DATASET_HELP)],
+    index: Annotated[int, typer.Option("--index", "-i",
+                                       help="Which record: 0 = first, -1 = last.")] = 0,
+) -> None:
+    """Print one record key by key, like the course's print_d."""
+    from rlhfkit.data_tools import inspect_record
+
+    typer.echo(inspect_record(file, index))
+
+
+@data_app.command("validate")
+def data_validate(
+    file: Annotated[str, typer.Argument(help=_DATASET_HELP)],
+    kind: Annotated[Optional[str], typer.Option(help=_KIND_HELP)] = None,  # noqa: UP045
+) -> None:
+    """Check a dataset; print every problem as path:line (exit 1) or a one-line ok."""
+    from rlhfkit.data_tools import validate
+    from rlhfkit.errors import DataError
+
+    try:
+        typer.echo(validate(file, kind))
+    except DataError as exc:  # an invalid file is this command's normal answer
+        typer.echo(str(exc), err=True)
+        n = len(exc.problems)
+        typer.echo(f"invalid: {n} problem{'s' if n != 1 else ''}", err=True)
+        raise typer.Exit(1) from None
+
+
+@data_app.command("stats")
+def data_stats(
+    file: Annotated[str, typer.Argument(help=_DATASET_HELP)],
+    kind: Annotated[Optional[str], typer.Option(help=_KIND_HELP)] = None,  # noqa: UP045
+) -> None:
+    """Rows, word-length distributions, choice balance and duplicate prompts."""
+    from rich.console import Console
+
+    from rlhfkit.data_tools import stats
+
+    table, lines = stats(file, kind)
+    console = Console(highlight=False)
+    console.print(table)
+    for line in lines:
+        console.print(line, markup=False)
+
+
+@data_app.command("convert")
+def data_convert(
+    src: Annotated[str, typer.Argument(help=_DATASET_HELP)],
+    out: Annotated[str, typer.Option("--output", "-o", help="The course-format JSONL to write.")],
+    kind: Annotated[Optional[str], typer.Option(help=_KIND_HELP)] = None,  # noqa: UP045
+) -> None:
+    """Convert TRL-style (or any accepted) records to the course format, atomically."""
+    from rlhfkit.data_tools import convert
+
+    typer.echo(convert(src, out, kind))
+
+
+@data_app.command("compare")
+def data_compare(
+    preference: Annotated[str, typer.Argument(help="The preference dataset.")],
+    prompt: Annotated[str, typer.Argument(help="The prompt dataset.")],
+    seed: Annotated[int, typer.Option(help="Seed of the random re-splits.")] = 0,
+) -> None:
+    """Are the two datasets' prompts from the same distribution? Exit 0 same, 1 different."""
+    from rlhfkit.data_tools import compare
+
+    result, lines = compare(preference, prompt, seed)
+    for line in lines:
+        typer.echo(line)
+    if not result["same"]:
+        raise typer.Exit(1)
+
 
 # == demo world =========================================================================
 # (commands of rlhfkit.demo go here)
 
 # == reward model ========================================================================
-# (train-reward, score go here)
+
+@app.command("train-reward")
+def train_reward(
+    params_file: Annotated[str, typer.Argument(
+        metavar="PARAMS", help="parameter_values as a JSON or YAML file.")],
+    output_dir: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--output-dir", help="The run directory (default: output_dir in PARAMS).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show the live progress bar.")] = True,
+) -> None:
+    """Train the reward model (Bradley-Terry, LoRA rank 4) -> RUN/reward_model/.
+
+    Resumes from RUN/reward_model/checkpoint-N/ when interrupted; skips when RUN/reward_model/
+    DONE holds the same parameters. Multi-process: `torchrun --nproc_per_node N -m rlhfkit
+    train-reward PARAMS`.
+    """
+    from rlhfkit import log, reward
+    from rlhfkit.params import PipelineParams
+
+    params = PipelineParams.from_file(params_file)
+    run_dir = output_dir or params.output_dir
+    if not run_dir:
+        raise RlhfkitError(f"{params_file}: no run directory; pass --output-dir RUN or set "
+                           "output_dir in the parameters")
+    cfg = reward.RewardConfig.from_params(params, run_dir)
+    cfg.progress = progress
+    result = reward.run(cfg)
+    if log.is_main_process():
+        typer.echo(f"reward model: {result['reward_model_dir']}")
+        typer.echo(f"TensorBoard logs: {result['logs_dir']}")
+        typer.echo(f"held-out accuracy: {result['eval_accuracy']:.3f} "
+                   f"({result['eval_source']}, rank_loss {result['eval_rank_loss']:.4f})")
+
+
+@app.command("score")
+def score(
+    file: Annotated[str, typer.Argument(help=(
+        "Records to score: preference (adds reward_0, reward_1), bulk-inference output "
+        "(prediction) or input_text/messages with prediction, completion or response "
+        "(adds reward). A file, directory, glob or fsspec URL."))],
+    reward_model: Annotated[str, typer.Option(
+        "--reward-model", help="A reward-model directory (RUN/reward_model).")],
+    output: Annotated[str, typer.Option("--output", "-o", help="The JSONL file to write.")],
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+) -> None:
+    """Add the reward model's score to every record (written atomically)."""
+    from rlhfkit.data import read_lines
+    from rlhfkit.errors import DataError
+    from rlhfkit.io import atomic_write_jsonl, expand_paths
+    from rlhfkit.reward import RewardScorer, score_records
+
+    problems: list[str] = []
+    lines = [line for path in expand_paths(file) for line in read_lines(path, problems)]
+    if problems:
+        raise DataError(problems)
+    if not lines:
+        raise RlhfkitError(f"{file}: no records")
+    scorer = RewardScorer.load(reward_model, batch_size=batch_size)
+    records = score_records(scorer, lines)
+    atomic_write_jsonl(output, records)
+    keys = [k for r in records for k in ("reward", "reward_0", "reward_1") if k in r]
+    typer.echo(f"scored {len(records)} records ({len(keys)} scores) -> {output}")
 
 # == policy ==============================================================================
 # (train-policy goes here)
 
 # == inference and evaluation ============================================================
-# (infer, compare go here)
+@app.command("infer")
+def infer_cmd(
+    eval_dataset: Annotated[str, typer.Argument(help="Eval dataset: " + _DATASET_HELP)],
+    output: Annotated[str, typer.Option("--output", "-o", help="eval_results JSONL to write.")],
+    model: Annotated[str, typer.Option(
+        help="Base model: Vertex name, Hugging Face id, or a directory (a merged model, "
+             "or a LoRA adapter naming its base).")],
+    adapter: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="A LoRA adapter directory (e.g. RUN/policy) applied to --model.")] = None,
+    instruction: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help='Prepended to every input as instruction + "\\n\\n\\n" + input_text.')] = None,
+    prompt_sequence_length: Annotated[int, typer.Option(
+        help="Prompt tokens kept (truncated from the left).")] = 512,
+    target_sequence_length: Annotated[int, typer.Option(help="Max new tokens.")] = 64,
+    temperature: Annotated[float, typer.Option(
+        help="0 = greedy (as Vertex's bulk inferrer); > 0 samples.")] = 0.0,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    trust_remote_code: Annotated[bool, typer.Option(
+        help="Run model code shipped with the checkpoint.")] = False,
+) -> None:
+    """Bulk inference (Vertex's Bulk Inferrer): one prediction per eval prompt."""
+    from rlhfkit import infer
+
+    infer.run(infer.Config(
+        model=model, adapter=adapter, eval_dataset=eval_dataset, output=output,
+        instruction=instruction, prompt_sequence_length=prompt_sequence_length,
+        target_sequence_length=target_sequence_length, temperature=temperature,
+        batch_size=batch_size, seed=seed, trust_remote_code=trust_remote_code))
+
+
+@app.command("compare")
+def compare_cmd(
+    run_dir: Annotated[Optional[str], typer.Argument(  # noqa: UP045
+        help="A run directory (its eval_results_*.jsonl, reward_model/, logs).")] = None,
+    tuned: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Tuned model's eval_results JSONL (instead of RUN).")] = None,
+    untuned: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Base model's eval_results JSONL (instead of RUN).")] = None,
+    reward_model: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Reward model directory to score both columns.")] = None,
+    eval_dataset: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--eval", help="Eval records: targets for ROUGE-L, gold scores on the demo world.")
+    ] = None,
+    out_dir: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Write comparison.csv and report.html here (default: RUN; none with files).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="Print only the aggregates, as one JSON object.")] = False,
+) -> None:
+    """Lesson 4: tuned vs base side by side, reward win rate, length and adherence."""
+    from rlhfkit import compare
+
+    if run_dir is not None and (tuned or untuned):
+        raise RlhfkitError("give either a run directory or --tuned and --untuned, not both")
+    if run_dir is not None:
+        cfg = compare.Config.for_run(run_dir, reward_model=reward_model,
+                                     eval_dataset=eval_dataset, out_dir=out_dir)
+    elif tuned and untuned:
+        cfg = compare.Config(tuned=tuned, untuned=untuned, reward_model=reward_model,
+                             eval_dataset=eval_dataset, out_dir=out_dir)
+    else:
+        raise RlhfkitError("give a run directory, or both --tuned A.jsonl and --untuned B.jsonl")
+    result = compare.run(cfg)
+    if as_json:
+        typer.echo(compare.summary_json(result.summary))
+    else:
+        compare.print_table(result.table, result.summary)
+    for path in (result.csv_path, result.report_path):
+        if path is not None:
+            typer.echo(f"wrote {path}", err=True)
 
 # == pipeline ============================================================================
 # (run, compile go here)
+
+
+@app.command("run")
+def run_cmd(
+    params: Annotated[str, typer.Argument(help="parameter_values as a JSON or YAML file.")],
+    output_dir: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        "--output-dir", help="The run directory (default: output_dir in the file).")] = None,
+) -> None:
+    """Run the whole pipeline: validate, reward model, PPO, bulk inference, compare.
+
+    Running it again skips finished stages and resumes an interrupted one."""
+    from rlhfkit.pipeline import run_from_file
+
+    run_from_file(params, output_dir)
+
+
+@app.command("compile")
+def compile_pipeline(
+    params: Annotated[str, typer.Argument(help="parameter_values as a JSON or YAML file.")],
+    output: Annotated[str, typer.Option("--output", "-o", help="The pipeline YAML to write.")
+                      ] = "rlhf_pipeline.yaml",
+    image: Annotated[str, typer.Option(help="Container image with rlhfkit[kfp] installed; "
+                                            "every component runs in it.")
+                     ] = "rlhfkit:latest",
+    accelerator: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Accelerator for the model steps, e.g. NVIDIA_L4 (Vertex AI) or "
+             "nvidia.com/gpu (Kubeflow). Default: none (CPU).")] = None,
+    accelerator_count: Annotated[int, typer.Option(help="Accelerators per model step.")] = 1,
+) -> None:
+    """Write a Kubeflow Pipelines v2 YAML (Vertex AI Pipelines or a Kubeflow cluster)."""
+    from rlhfkit.kfp_pipeline import compile_pipeline as compile_
+    from rlhfkit.params import PipelineParams
+
+    typer.echo(compile_(PipelineParams.from_file(params, quiet=True), output, image=image,
+                        accelerator=accelerator, accelerator_count=accelerator_count))
 
 
 def main() -> None:
