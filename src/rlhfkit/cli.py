@@ -133,7 +133,41 @@ def data_compare(
 
 
 # == demo world =========================================================================
-# (commands of rlhfkit.demo go here)
+
+@demo_app.command("data")
+def demo_data(
+    output_dir: Annotated[str, typer.Argument(help="Directory to write the data sets to.")],
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same bytes).")] = 0,
+    preference_size: Annotated[int, typer.Option(help="Preference pairs.")] = 3000,
+    prompt_size: Annotated[int, typer.Option(help="Prompts for RL.")] = 2000,
+    eval_size: Annotated[int, typer.Option(
+        help="Eval prompts (each also a held-out preference pair).")] = 200,
+) -> None:
+    """Write the demo world's preference.jsonl, prompt.jsonl and eval.jsonl (+ README.md,
+    world.json with the noise ceiling) to OUTPUT_DIR."""
+    from rlhfkit.demo import world
+
+    info = world.run(world.Config(output_dir, seed, preference_size, prompt_size, eval_size))
+    typer.echo(f"wrote {output_dir}: {info['sizes']['preference']} preference pairs, "
+               f"{info['sizes']['prompt']} prompts, {info['sizes']['eval']} eval records; "
+               f"noise ceiling {info['noise_ceiling_preference']:.3f} (eval "
+               f"{info['noise_ceiling_eval']:.3f}); instruction: {info['instruction']!r}")
+
+
+@demo_app.command("model")
+def demo_model(
+    output_dir: Annotated[str, typer.Argument(help="Directory to write the model to.")],
+    preset: Annotated[str, typer.Option(
+        help="demo (~1M parameters, ~2 min), tiny (seconds, tests) or bench-3m.")] = "demo",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    steps: Annotated[Optional[int], typer.Option(  # noqa: UP045 (typer needs Optional)
+        help="Pretraining steps (default: the preset's).")] = None,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+) -> None:
+    """Build the demo world's small Llama offline: tokenizer, pretraining, safetensors."""
+    from rlhfkit.demo import model
+
+    model.run(model.Config(output_dir, preset, seed, steps, threads))
 
 # == reward model ========================================================================
 
