@@ -1,0 +1,242 @@
+"""`rlhfkit compile`: the Kubeflow Pipelines YAML, and one real run of it with kfp.local."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+pytest.importorskip("kfp")
+
+from rlhfkit import kfp_pipeline as kp  # noqa: E402
+from rlhfkit.errors import RlhfkitError  # noqa: E402
+from rlhfkit.params import PipelineParams  # noqa: E402
+
+COURSE_PARAMS = {  # the course's parameter_values, plus two rlhfkit extras
+    "preference_dataset": "gs://bucket/preference.jsonl",
+    "prompt_dataset": "gs://bucket/prompt.jsonl",
+    "eval_dataset": "gs://bucket/eval.jsonl",
+    "large_model_reference": "llama-2-7b",
+    "reward_model_train_steps": 1410,
+    "reinforcement_learning_train_steps": 320,
+    "reward_model_learning_rate_multiplier": 1.0,
+    "reinforcement_learning_rate_multiplier": 0.2,
+    "kl_coeff": 0.1,
+    "instruction": "Summarize in less than 50 words.",
+    "batch_size": 32,
+    "policy_lora_dim": 8,
+}
+
+
+def _compile(tmp_path, values=COURSE_PARAMS, image="example.com/team/rlhfkit:1.2", **kw):
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(values))
+    out = tmp_path / "rlhf_pipeline.yaml"
+    kp.compile_pipeline(PipelineParams.from_file(params, quiet=True), out, image=image, **kw)
+    return yaml.safe_load(out.read_text())
+
+
+def _inputs(spec) -> dict:
+    return spec["root"]["inputDefinitions"]["parameters"]
+
+
+def _all_tasks(spec) -> dict:
+    """Every task of the root DAG and of nested (condition) DAGs: {name: task spec}."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        tasks.update(comp.get("dag", {}).get("tasks", {}))
+    return tasks
+
+
+def _upstream(task) -> set[str]:
+    """Tasks whose artifacts this task reads, directly or through a condition's inputs."""
+    ups = set(task.get("dependentTasks", []))
+    for art in task.get("inputs", {}).get("artifacts", {}).values():
+        if "taskOutputArtifact" in art:
+            ups.add(art["taskOutputArtifact"]["producerTask"])
+        elif "componentInputArtifact" in art:  # pipelinechannel--<task>-<output>
+            ups.add(art["componentInputArtifact"])
+    return ups
+
+
+def test_compiled_pipeline_has_vertex_name_inputs_and_defaults(tmp_path):
+    spec = _compile(tmp_path)
+    assert spec["pipelineInfo"]["name"] == "rlhf-train-template"
+    inputs = _inputs(spec)
+    assert set(inputs) == set(kp.VERTEX_INPUTS) | {"rlhfkit_parameters"}
+    # Defaults come from the PARAMS file; unset Vertex keys keep Vertex's defaults.
+    assert inputs["preference_dataset"]["defaultValue"] == "gs://bucket/preference.jsonl"
+    assert inputs["reward_model_train_steps"]["defaultValue"] == 1410
+    assert inputs["reward_model_train_steps"]["parameterType"] == "NUMBER_INTEGER"
+    assert inputs["reinforcement_learning_rate_multiplier"]["defaultValue"] == 0.2
+    assert inputs["prompt_sequence_length"]["defaultValue"] == 512
+    assert inputs["instruction"]["defaultValue"] == "Summarize in less than 50 words."
+    assert inputs["model_display_name"]["defaultValue"] == ""  # None -> "" (not set)
+    # The extras travel as one JSON string, with no Vertex key in it (one home per key)
+    # and nothing that means nothing in a cluster.
+    extras = json.loads(inputs["rlhfkit_parameters"]["defaultValue"])
+    assert extras["batch_size"] == 32 and extras["policy_lora_dim"] == 8
+    assert extras["reward_lora_dim"] == 4  # a default written out
+    assert not set(extras) & set(kp.VERTEX_INPUTS)
+    assert "output_dir" not in extras and "project" not in extras
+
+
+def test_compiled_pipeline_dag_and_image(tmp_path):
+    spec = _compile(tmp_path, image="example.com/team/rlhfkit:1.2", accelerator="NVIDIA_L4",
+                    accelerator_count=2)
+    tasks = _all_tasks(spec)
+    for name in ("validate", "train-reward", "train-policy", "infer-tuned", "infer-base",
+                 "compare"):
+        assert name in tasks, name
+    assert _upstream(tasks["train-reward"]) == {"validate"}
+    assert _upstream(tasks["train-policy"]) == {"validate", "train-reward"}
+    assert "pipelinechannel--train-policy-policy" in _upstream(tasks["infer-tuned"])
+    assert "pipelinechannel--train-policy-policy" not in _upstream(tasks["infer-base"])
+    assert {"infer-tuned", "infer-base", "pipelinechannel--train-reward-reward_model"} \
+        <= _upstream(tasks["compare"])
+    # Inference and comparison run only with an eval dataset, as in Vertex.
+    cond = spec["root"]["dag"]["tasks"]["condition-1"]
+    assert "eval_dataset" in cond["triggerPolicy"]["condition"]
+    # Every component runs in the user's image, without a runtime pip install.
+    executors = spec["deploymentSpec"]["executors"]
+    assert len(executors) == 6
+    for name, ex in executors.items():
+        assert ex["container"]["image"] == "example.com/team/rlhfkit:1.2"
+        assert "pip install" not in " ".join(ex["container"]["command"])
+        # Every step that runs a model asks for the accelerator; validate does not.
+        acc = ex["container"].get("resources", {}).get("accelerator")
+        if name == "exec-validate":
+            assert acc is None
+        else:
+            assert (acc["resourceType"], acc["resourceCount"]) == ("NVIDIA_L4", "2"), name
+    outputs = spec["components"]["comp-compare"]["outputDefinitions"]["artifacts"]
+    assert outputs["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert outputs["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+
+
+def test_compile_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(COURSE_PARAMS))
+    out = tmp_path / "p.yaml"
+    res = CliRunner().invoke(app, ["compile", str(params), "-o", str(out), "--image", "x:2"])
+    assert res.exit_code == 0, res.output
+    spec = yaml.safe_load(out.read_text())
+    assert {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()} \
+        == {"x:2"}
+    # A bad PARAMS file is a one-line user error and no YAML is written.
+    params.write_text(yaml.safe_dump({**COURSE_PARAMS, "kl_coef": 0.1}))
+    out.unlink()
+    res = CliRunner().invoke(app, ["compile", str(params), "-o", str(out)])
+    assert res.exit_code != 0
+    assert "did you mean 'kl_coeff'" in str(res.exception)
+    assert not out.exists()
+
+
+def test_missing_kfp_is_one_line_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "kfp", None)  # makes `import kfp` fail
+    monkeypatch.delitem(sys.modules, "rlhfkit.kfp_pipeline")
+    with pytest.raises(RlhfkitError, match=r"rlhfkit\[kfp\]"):
+        importlib.import_module("rlhfkit.kfp_pipeline")
+
+
+def _validate_args(tmp_path, rlhfkit_parameters, **overrides):
+    """Arguments for the validate component's function, called as plain Python."""
+    values = {**kp.pipeline_defaults(PipelineParams.from_dict(COURSE_PARAMS)), **overrides}
+    values["rlhfkit_parameters"] = rlhfkit_parameters
+    out = SimpleNamespace(name="parameters", path=str(tmp_path / "params.json"))
+    return {**values, "parameters": out}
+
+
+def test_validate_component_rejects_a_key_set_twice(tmp_path):
+    extras = json.dumps({"batch_size": 8, "kl_coeff": 0.5})
+    with pytest.raises(SystemExit, match="kl_coeff have pipeline inputs of their own"):
+        kp.validate(**_validate_args(tmp_path, extras))
+    assert not (tmp_path / "params.json").exists()
+
+
+def test_validate_component_reports_bad_values_without_traceback(tmp_path):
+    with pytest.raises(SystemExit, match="kl_coeff must be >= 0, got -1.0"):
+        kp.validate(**_validate_args(tmp_path, "{}", kl_coeff=-1.0))
+    assert not (tmp_path / "params.json").exists()
+
+
+# -- end to end: the compiled pipeline, run by kfp.local without Docker ----------------
+
+def _write_jsonl(path: Path, records: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def _tiny_data(tmp_path: Path) -> dict:
+    posts = [f"My roommate keeps eating my food, day {i}. How do I bring it up? [summary]: "
+             for i in range(8)]
+    pref = [{"input_text": p, "candidate_0": "Talk to the roommate.",
+             "candidate_1": "My dog chewed the couch and the landlord wants the deposit.",
+             "choice": i % 2} for i, p in enumerate(posts)]
+    return {
+        "preference_dataset": _write_jsonl(tmp_path / "pref.jsonl", pref),
+        "prompt_dataset": _write_jsonl(tmp_path / "prompt.jsonl",
+                                       [{"input_text": p} for p in posts]),
+        "eval_dataset": _write_jsonl(tmp_path / "eval.jsonl",
+                                     [{"input_text": p} for p in posts[:3]]),
+    }
+
+
+def _find(root: Path, task: str, output: str) -> Path:
+    found = sorted(root.glob(f"*/{task}/{output}"))
+    assert len(found) == 1, (task, output, list(root.rglob("*"))[:50])
+    return found[0]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:You may be attemping to run a task")
+def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, tiny_llama_dir):
+    for module in ("rlhfkit.reward", "rlhfkit.policy", "rlhfkit.infer"):
+        pytest.importorskip(module, reason=f"{module} (a pipeline stage) is not written yet")
+    from kfp import local
+
+    instruction = "Summarize in less than 50 words."
+    params = PipelineParams.from_dict({
+        **_tiny_data(tmp_path), "large_model_reference": str(tiny_llama_dir),
+        "instruction": instruction, "reward_model_train_steps": 2,
+        "reinforcement_learning_train_steps": 2, "batch_size": 4, "ppo_epochs": 1,
+        "prompt_sequence_length": 32, "target_sequence_length": 8,
+    })
+    root = tmp_path / "pipeline_root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               workspace_root=str(tmp_path / "workspace"))
+    try:
+        kp.build_pipeline(params)()  # runs every task, raising if one fails
+    finally:
+        local.config.LocalExecutionConfig.instance = None
+
+    resolved = json.loads(_find(root, "validate", "parameters").read_text())
+    assert resolved["batch_size"] == 4 and resolved["reward_model_train_steps"] == 2
+    assert _find(root, "train-reward", "reward_model").is_dir()
+    # policy_lora_dim 1 (Vertex's): an adapter, which infer-tuned applies to the base.
+    assert (_find(root, "train-policy", "policy") / "adapter_config.json").is_file()
+    for task, output in (("infer-tuned", "eval_results_tuned"),
+                         ("infer-base", "eval_results_untuned")):
+        lines = _find(root, task, output).read_text().splitlines()
+        assert len(lines) == 3
+        for line in lines:
+            rec = json.loads(line)
+            assert set(rec) == {"inputs", "prediction"}
+            assert rec["inputs"]["inputs_pretokenized"].startswith(instruction + "\n\n\n")
+            assert rec["inputs"]["targets_pretokenized"] == ""
+            assert isinstance(rec["prediction"], str)
+    assert "<html" in _find(root, "compare", "report").read_text().lower()
+    assert "| n | 3 |" in _find(root, "compare", "summary").read_text()
+    # KFP keeps logged metrics in the artifact's metadata (the executor output locally).
+    out = json.loads(_find(root, "compare", "executor_output.json").read_text())
+    metrics = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
+    assert metrics["n"] == 3 and 0 <= metrics["win_rate"] <= 1
