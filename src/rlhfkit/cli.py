@@ -233,7 +233,32 @@ def score(
     typer.echo(f"scored {len(records)} records ({len(keys)} scores) -> {output}")
 
 # == policy ==============================================================================
-# (train-policy goes here)
+@app.command("train-policy")
+def train_policy(
+    params: Annotated[str, typer.Argument(help="parameter_values as JSON or YAML.")],
+    output_dir: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="The run directory RUN (default: the params' output_dir). Reads "
+             "RUN/reward_model, writes RUN/policy and RUN/reinforcer-logs.")] = None,
+    merge: Annotated[bool, typer.Option(
+        "--merge", help="Also write RUN/policy/merged: the adapter merged into a full "
+                        "model that plain transformers loads.")] = False,
+    reward_model: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="A reward model directory other than RUN/reward_model.")] = None,
+) -> None:
+    """Tune the policy with PPO against the reward model (Vertex's reinforcer).
+
+    Multi-process: torchrun --nproc_per_node N -m rlhfkit train-policy PARAMS ...
+    """
+    from rlhfkit import log, policy
+    from rlhfkit.params import PipelineParams
+
+    p = PipelineParams.from_file(params)
+    overrides = {"reward_model_dir": reward_model}
+    if merge:
+        overrides["merge_adapter"] = True
+    out = policy.run(policy.PolicyConfig.from_params(p, output_dir, **overrides))
+    if log.is_main_process():
+        typer.echo(out["policy_dir"])
 
 # == inference and evaluation ============================================================
 @app.command("infer")
@@ -348,6 +373,10 @@ def compile_pipeline(
 
 
 def main() -> None:
+    import warnings
+
+    # Deprecation chatter between transformers and peft versions is not the user's business.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft)\.")
     try:
         app()
     except RlhfkitError as exc:

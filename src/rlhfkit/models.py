@@ -126,7 +126,10 @@ def pick_dtype(device: torch.device | str) -> torch.dtype:
 
 def _from_pretrained(auto_cls, name_or_path: str, trust_remote_code: bool,
                      dtype: torch.dtype, **kwargs):
+    from transformers.utils import logging as hf_logging
+
     ensure_available(name_or_path)
+    hf_logging.disable_progress_bar()  # a bar per load drowns the stage's own progress
     try:
         return auto_cls.from_pretrained(
             name_or_path, dtype=dtype, use_safetensors=True,

@@ -1,0 +1,131 @@
+"""End to end: the real `rlhfkit run` CLI on tiny settings, rerun, a parameter change,
+and a run killed with SIGKILL in the middle of PPO and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhfkit.params import PipelineParams
+
+pytestmark = pytest.mark.slow
+RLHFKIT = [sys.executable, "-m", "rlhfkit"]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("RANK", None)
+    return env
+
+
+def rlhfkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*RLHFKIT, *args], capture_output=True, text=True, env=_env(),
+                          timeout=300)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rlhfkit {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("pipeline")
+    rlhfkit("demo", "data", str(root / "data"), "--preference-size", "24",
+            "--prompt-size", "16", "--eval-size", "6")
+    return {"root": root, "data": root / "data", "model": tiny_model_dirs["llama"]}
+
+
+def write_params(world, name: str, **overrides) -> Path:
+    from rlhfkit.demo.world import DEMO_INSTRUCTION
+
+    values = {
+        "preference_dataset": str(world["data"] / "preference.jsonl"),
+        "prompt_dataset": str(world["data"] / "prompt.jsonl"),
+        "eval_dataset": str(world["data"] / "eval.jsonl"),
+        "large_model_reference": str(world["model"]),
+        "instruction": DEMO_INSTRUCTION,
+        "prompt_sequence_length": 96, "target_sequence_length": 8,
+        "reward_model_train_steps": 2, "reinforcement_learning_train_steps": 2,
+        "batch_size": 4, "ppo_epochs": 1, "checkpoint_every_steps": 1,
+        **overrides,
+    }
+    path = world["root"] / f"{name}.json"
+    path.write_text(json.dumps(values))
+    return path
+
+
+def stage_markers(run: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in run.glob("*/DONE")}
+
+
+def test_run_end_to_end_then_rerun_skips_everything(world):
+    params = write_params(world, "e2e")
+    run = world["root"] / "run"
+    proc = rlhfkit("run", str(params), "--output-dir", str(run))
+    assert "Traceback" not in proc.stderr
+    # Every artifact of DESIGN.md's run directory.
+    resolved = json.loads((run / "params.json").read_text())
+    assert resolved["batch_size"] == 4 and resolved["kl_coeff"] == 0.1  # defaults written
+    assert PipelineParams.from_dict(resolved, quiet=True)
+    for stage in ("reward_model", "policy", "infer_base", "infer_tuned"):
+        assert (run / stage / "DONE").is_file(), stage
+    assert list((run / "reward-logs").glob("events.*"))
+    assert list((run / "reinforcer-logs").glob("events.*"))
+    n_eval = len((world["data"] / "eval.jsonl").read_text().splitlines())
+    for name in ("eval_results_untuned.jsonl", "eval_results_tuned.jsonl"):
+        lines = [json.loads(x) for x in (run / name).read_text().splitlines()]
+        assert len(lines) == n_eval
+        assert set(lines[0]) == {"inputs", "prediction"}
+        assert set(lines[0]["inputs"]) == {"inputs_pretokenized", "targets_pretokenized"}
+        assert lines[0]["inputs"]["inputs_pretokenized"].startswith(resolved["instruction"])
+    assert (run / "comparison.csv").is_file() and (run / "report.html").is_file()
+    assert "== summary ==" in proc.stderr and "report:" in proc.stderr
+
+    before = stage_markers(run)
+    again = rlhfkit("run", str(params), "--output-dir", str(run))
+    assert stage_markers(run) == before  # nothing retrained, no marker rewritten
+    assert again.stderr.count("skipped") >= 4
+
+
+def test_changing_a_parameter_reruns_only_dependent_stages(world):
+    run = world["root"] / "run_change"
+    rlhfkit("run", str(write_params(world, "a")), "--output-dir", str(run))
+    before = stage_markers(run)
+    rlhfkit("run", str(write_params(world, "b", reinforcement_learning_train_steps=3)),
+            "--output-dir", str(run))
+    after = stage_markers(run)
+    assert after["reward_model"] == before["reward_model"]  # reward stage untouched
+    assert after["infer_base"] == before["infer_base"]  # the base model's outputs too
+    assert after["policy"] != before["policy"]
+    assert after["infer_tuned"] != before["infer_tuned"]
+
+
+def test_killed_run_resumes_and_finishes(world):
+    params = write_params(world, "kill", reinforcement_learning_train_steps=40)
+    run = world["root"] / "run_kill"
+    proc = subprocess.Popen([*RLHFKIT, "run", str(params), "--output-dir", str(run)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        deadline = time.monotonic() + 180
+        while not list((run / "policy").glob("checkpoint-*")):
+            assert proc.poll() is None, "the run ended before a policy checkpoint appeared"
+            assert time.monotonic() < deadline, "no policy checkpoint within 180 s"
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not (run / "policy" / "DONE").exists()  # killed: never marked done
+    assert (run / "reward_model" / "DONE").exists()
+    done = rlhfkit("run", str(params), "--output-dir", str(run))
+    assert "resum" in done.stderr.lower()
+    assert (run / "policy" / "DONE").exists() and (run / "eval_results_tuned.jsonl").exists()
