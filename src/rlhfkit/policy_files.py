@@ -1,0 +1,151 @@
+"""What the RL stage writes: checkpoints (and resuming from them) and RUN/policy.
+
+RUN/policy/checkpoint-N/ holds what step N needs to continue exactly: the trained weights
+(adapters + value head, or the full policy + value head), optimizer and scheduler state,
+the KL controller's coefficient, the prompt loader's position and the reward
+normalisation. No RNG state: every step reseeds from (seed, step, rank), so a resumed run
+draws the numbers an uninterrupted one would.
+
+RUN/policy/ at the end: the policy adapter (a plain peft adapter of the base causal LM:
+adapter_config.json + adapter_model.safetensors) or the full weights, the tokenizer,
+rlhfkit.json, optionally merged/ (a full model), then DONE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from rlhfkit import log
+from rlhfkit.io import atomic_write_json
+from rlhfkit.models import resolve_model_reference
+from rlhfkit.runstate import latest_checkpoint, mark_done, remove_checkpoints, save_checkpoint
+
+if TYPE_CHECKING:
+    from rlhfkit.policy import Trainer
+
+STAGE_DIR = "policy"
+META_FILE = "rlhfkit.json"
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+
+def save_state(t: Trainer, step: int, h: str) -> None:
+    """RUN/policy/checkpoint-{step}: trained weights (adapters + value head, or the full
+    policy), optimizer, scheduler, KL controller, prompt position, reward normalisation.
+    No RNG state is needed: every step reseeds from (seed, step, rank)."""
+    from safetensors.torch import save_file
+
+    if t.accelerator.is_main_process:
+        def write(tmp: Path) -> None:
+            weights = {n: p.detach().cpu().contiguous()
+                       for n, p in t.roles.trainable_parameters().items()}
+            save_file(weights, str(tmp / "trainable.safetensors"))
+            torch.save({"optimizer": t.optimizer.state_dict(),
+                        "scheduler": t.scheduler.state_dict()}, tmp / "optimizer.pt")
+            atomic_write_json(tmp / "state.json", {
+                "step": step, "config_hash": h, "kl_coeff": t.kl_ctl.value,
+                "prompts": t.order.state(), "reward_norm": t.reward_norm})
+        save_checkpoint(t.cfg.run_dir / STAGE_DIR, step, write)
+    t.accelerator.wait_for_everyone()
+
+
+def resume(t: Trainer, h: str) -> int:
+    """Load the newest checkpoint made with the same parameters; return the next step.
+    Without one, start clean: stale outputs and checkpoints of other parameters go."""
+    from safetensors.torch import load_file
+
+    stage = t.cfg.run_dir / STAGE_DIR
+    found = latest_checkpoint(stage)
+    state = json.loads((found[1] / "state.json").read_text()) if found else None
+    if state is None or state.get("config_hash") != h:
+        if found:
+            log.notice(f"{stage}: checkpoints were made with other parameters; starting over")
+        t.accelerator.wait_for_everyone()
+        if t.accelerator.is_main_process and stage.exists():
+            shutil.rmtree(stage)
+        t.accelerator.wait_for_everyone()
+        return 0
+    path = found[1]
+    weights = load_file(str(path / "trainable.safetensors"))
+    with torch.no_grad():
+        for name, p in t.roles.trainable_parameters().items():
+            p.copy_(weights[name].to(p.device))
+    opt = torch.load(path / "optimizer.pt", map_location=t.accelerator.device,
+                     weights_only=True)
+    t.optimizer.load_state_dict(opt["optimizer"])
+    t.scheduler.load_state_dict(opt["scheduler"])
+    t.kl_ctl.value = state["kl_coeff"]
+    t.order.epoch, t.order.position = state["prompts"]["epoch"], state["prompts"]["position"]
+    t.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
+    log.info(f"policy: resuming from {path} (step {state['step']})")
+    return state["step"]
+
+
+# -- outputs ------------------------------------------------------------------------------------
+
+def save_policy(t: Trainer, out: Path, final: dict) -> dict:
+    """RUN/policy: the policy adapter (a plain peft adapter of the base causal LM) or the
+    full weights, the tokenizer, rlhfkit.json; with merge_adapter also merged/, a full
+    model plain `transformers` loads. Merging consumes the shared model: call last."""
+    import copy
+
+    from safetensors.torch import save_file
+
+    cfg, roles = t.cfg, t.roles
+    base = resolve_model_reference(cfg.large_model_reference)
+    if Path(base).is_dir():
+        base = str(Path(base).resolve())
+    if roles.peft is not None:
+        from peft import get_peft_model_state_dict
+
+        weights = get_peft_model_state_dict(roles.peft, adapter_name="policy")
+        save_file({k: v.detach().cpu().contiguous() for k, v in weights.items()},
+                  str(out / "adapter_model.safetensors"))
+        config = copy.deepcopy(roles.peft.peft_config["policy"])
+        config.base_model_name_or_path, config.inference_mode = base, True
+        config.save_pretrained(str(out))
+    else:
+        roles.lm.save_pretrained(str(out))
+    roles.tokenizer.save_pretrained(str(out))
+    merged = cfg.merge_adapter and roles.peft is not None
+    meta = {"kind": "policy", "base_model": base, "lora_dim": cfg.policy_lora_dim,
+            "merged": "merged" if merged else None, "instruction": cfg.instruction,
+            "prompt_sequence_length": cfg.prompt_sequence_length,
+            "target_sequence_length": cfg.target_sequence_length,
+            "train_steps": cfg.reinforcement_learning_train_steps,
+            "learning_rate": cfg.learning_rate, "kl_coeff": cfg.kl_coeff, **final}
+    atomic_write_json(out / META_FILE, meta)
+    if merged:
+        model = roles.peft.merge_and_unload(adapter_names=["policy"])
+        model.save_pretrained(str(out / "merged"))
+        roles.tokenizer.save_pretrained(str(out / "merged"))
+    return meta
+
+
+def write_outputs(t: Trainer, h: str, final: dict) -> dict:
+    """Write the outputs next to the checkpoints, then DONE, then drop the checkpoints.
+    Files are built in a temporary directory and moved in; DONE comes last."""
+    stage = t.cfg.run_dir / STAGE_DIR
+    if t.accelerator.is_main_process:
+        stage.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=stage, prefix=".output.", suffix=".tmp"))
+        try:
+            save_policy(t, tmp, final)
+            for entry in tmp.iterdir():
+                dest = stage / entry.name
+                if dest.is_dir():
+                    shutil.rmtree(dest)
+                os.replace(entry, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        mark_done(stage / "DONE", h)
+        remove_checkpoints(stage)
+    t.accelerator.wait_for_everyone()
+    return json.loads((stage / META_FILE).read_text())

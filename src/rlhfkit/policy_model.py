@@ -1,0 +1,296 @@
+"""The four roles of PPO -- policy, value, reference, reward -- on one copy of the base.
+
+Peers load up to four full models (policy, value, frozen reference, reward). With LoRA
+(`policy_lora_dim` > 0) rlhfkit holds exactly one copy of the base weights:
+
+- policy: the base + the "policy" LoRA adapter (trained);
+- value:  the base + the "value" adapter (trained) + a scalar head on the final hidden
+          state (trained);
+- reference: the same base with every adapter disabled (`peft.disable_adapter()`);
+- reward: the base + the frozen "reward" adapter + the frozen score head, when the reward
+          model was trained as a LoRA adapter on the same base. A seq-cls LoRA adapter's
+          module paths equal the causal LM's backbone paths (`model.` for llama / qwen2,
+          `transformer.` for gpt2, `gpt_neox.` for gpt_neox), so its weights load as a
+          third adapter. Otherwise the reward model is loaded once, frozen, in eval mode.
+
+When the reward adapter shares the base, the value adapter and head start as a copy of
+it (Stiennon et al. 2020 initialise the value function from the reward model).
+
+Full tuning (`policy_lora_dim` = 0) trains every weight of the policy, so the reference
+must be a frozen copy (loaded only when `kl_coeff` > 0); the value head then sits on the
+policy's own trunk, as in lm-human-preferences.
+
+Every forward pass is in eval mode (no dropout: the PPO ratio must be exactly 1 on the
+first minibatch) and passes explicit position ids, because inputs are left-padded.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from rlhfkit.errors import RlhfkitError
+from rlhfkit.models import left_pad, load_causal_lm, load_tokenizer, resolve_model_reference
+from rlhfkit.training import check_finite, lora_config
+
+REWARD_INFO = "rlhfkit.json"  # written by the reward stage next to the weights
+TRAINED = ("policy", "value")  # adapter names that train; "reward" stays frozen
+
+
+# -- the reward model's directory ---------------------------------------------------------
+
+@dataclass
+class RewardInfo:
+    """RUN/reward_model/rlhfkit.json, as the reward stage writes it."""
+
+    path: Path
+    base_model: str | None  # the base it was trained on
+    lora_dim: int            # 0: full weights in `path`
+    prompt_sequence_length: int
+    target_sequence_length: int
+    append_eos: bool = True  # scoring layout: prompt + response + EOS (reward_data)
+
+
+def read_reward_info(path: str | Path) -> RewardInfo:
+    path = Path(path)
+    meta_file = path / REWARD_INFO
+    if not meta_file.is_file():
+        raise RlhfkitError(f"{path}: no reward model here (no {REWARD_INFO}); train one "
+                           "first with `rlhfkit train-reward PARAMS --output-dir RUN`")
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        return RewardInfo(path, meta.get("base_model"), int(meta["lora_dim"]),
+                          int(meta["prompt_sequence_length"]),
+                          int(meta["target_sequence_length"]),
+                          bool(meta.get("append_eos", True)))
+    except json.JSONDecodeError as exc:
+        raise RlhfkitError(f"{meta_file}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RlhfkitError(f"{meta_file}: missing or invalid field {exc}") from exc
+
+
+def same_model(a: str | None, b: str | None) -> bool:
+    """Do two model references name the same weights (local paths compared resolved)?"""
+    if not a or not b:
+        return False
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    if pa.is_dir() and pb.is_dir():
+        return pa.resolve() == pb.resolve()
+    return a == b
+
+
+def positions(mask: torch.Tensor) -> torch.Tensor:
+    """Position ids for left-padded rows: 0 at each row's first real token."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+# -- the roles ----------------------------------------------------------------------------
+
+class Roles(torch.nn.Module):
+    """policy / value / reference / reward forward passes over shared weights."""
+
+    def __init__(self, lm, tokenizer, peft_model, value_head, reward_info: RewardInfo,
+                 reference=None, reward_model=None, reward_head=None, reward_tokenizer=None):
+        super().__init__()
+        self.lm = lm                    # transformers causal LM (LoRA layers injected)
+        self.peft = peft_model          # None in full tuning
+        self.value_head = value_head
+        self.reference = reference      # full tuning and kl_coeff > 0 only
+        self.reward_model = reward_model  # reward_model.RewardModel (not shared), or None
+        self.reward_head = reward_head    # the shared-base reward adapter's score head
+        self.tokenizer = tokenizer
+        self.reward_tokenizer = reward_tokenizer or tokenizer
+        self.reward_info = reward_info
+        # Stop ids: the tokenizer's EOS and any the checkpoint's generation config adds
+        # (an end-of-turn token), as bulk inference does.
+        extra = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
+        extra = list(extra) if isinstance(extra, (list, tuple)) else [extra]
+        self.eos_ids = [i for i in dict.fromkeys([tokenizer.eos_token_id, *extra])
+                        if i is not None]
+        self._active = None
+        self.requires_grad_(False)
+        for p in self.trainable_parameters().values():
+            p.requires_grad_(True)
+
+    # which weights train ------------------------------------------------------------------
+    def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
+        """Adapters "policy" and "value" + the value head (LoRA), or the policy's weights
+        + the value head (full tuning). Names are stable across runs (checkpoint keys)."""
+        if self.peft is not None:
+            out = {n: p for n, p in self.lm.named_parameters()
+                   if "lora_" in n and any(f".{a}." in n for a in TRAINED)}
+        else:
+            out = {f"lm.{n}": p for n, p in self.lm.named_parameters()}
+        out.update({f"value_head.{n}": p for n, p in self.value_head.named_parameters()})
+        return out
+
+    def _use(self, adapter: str) -> None:
+        """Activate one adapter. peft's set_adapter also flips requires_grad (only the
+        active adapter trains), which would silently freeze the other trained adapter;
+        we freeze all, then re-enable exactly the trained weights."""
+        if self.peft is None or self._active == adapter:
+            return
+        self.peft.base_model.set_adapter(adapter, inference_mode=True)
+        for p in self.trainable_parameters().values():
+            p.requires_grad_(True)
+        self._active = adapter
+
+    @property
+    def has_reference(self) -> bool:
+        return self.peft is not None or self.reference is not None
+
+    # forward passes ----------------------------------------------------------------------
+    def logits(self, ids, mask, n_response: int, reference: bool = False) -> torch.Tensor:
+        """Next-token logits at the positions that predict the last `n_response` tokens:
+        ids, mask (B, L) -> (B, n_response, V)."""
+        if reference and self.peft is None:
+            if self.reference is None:
+                raise RuntimeError("no reference model was loaded (kl_coeff = 0)")
+            model, ctx = self.reference, nullcontext()
+        else:
+            self._use("policy")
+            model = self.lm
+            ctx = self.peft.disable_adapter() if reference else nullcontext()
+        with ctx:
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                        logits_to_keep=n_response + 1, use_cache=False)
+        return out.logits[:, :-1]
+
+    def values(self, ids, mask, n_response: int) -> torch.Tensor:
+        """V(s_t) before each of the last `n_response` tokens: (B, L) -> (B, n_response)."""
+        self._use("value")
+        h = self.lm.base_model(input_ids=ids, attention_mask=mask,
+                               position_ids=positions(mask), use_cache=False).last_hidden_state
+        h = h[:, -(n_response + 1):-1]
+        return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1)
+
+    @torch.no_grad()
+    def scores(self, ids, mask) -> torch.Tensor:
+        """Reward-model score at the last real token (the last column: left padding):
+        (B, L) -> (B,). `ids` are in the reward model's vocabulary (see reward_inputs)."""
+        if self.reward_model is not None:
+            return self.reward_model(ids, mask)  # reward_model.reward_scores
+        self._use("reward")
+        h = self.lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                               use_cache=False).last_hidden_state[:, -1]
+        return self.reward_head(h.to(self.reward_head.weight.dtype)).squeeze(-1).float()
+
+    @torch.no_grad()
+    def sample(self, ids, mask, max_new_tokens: int, step: int = 0) -> torch.Tensor:
+        """Sample responses from the policy: temperature 1, no top-k / top-p, so the
+        logprobs PPO recomputes are those of the sampling distribution. KV-cached;
+        stops when every row has produced EOS. (B, P) -> tokens (B, T <= max_new_tokens),
+        padded with pad_token_id after EOS, and their logprobs under the sampler (B, T)."""
+        self._use("policy")
+        pad = self.tokenizer.pad_token_id
+        eos = torch.tensor(self.eos_ids, dtype=torch.long, device=ids.device)
+        pos = positions(mask)
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos,
+                      use_cache=True, logits_to_keep=1)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        tokens, logprobs = [], []
+        for _ in range(max_new_tokens):
+            logits = out.logits[:, -1].float()
+            check_finite(step, **{"policy logits while sampling": logits})
+            logp = torch.log_softmax(logits, -1)
+            tok = torch.multinomial(logp.exp(), 1).squeeze(1)
+            logprobs.append(logp.gather(1, tok[:, None]).squeeze(1))
+            tok = torch.where(done, torch.full_like(tok, pad), tok)
+            tokens.append(tok)
+            done |= torch.isin(tok, eos)
+            if done.all() or len(tokens) == max_new_tokens:
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            pos = pos[:, -1:] + 1
+            out = self.lm(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
+                          past_key_values=out.past_key_values, use_cache=True)
+        return torch.stack(tokens, 1), torch.stack(logprobs, 1)
+
+    def reward_inputs(self, query_ids, query_mask, responses, resp_mask
+                      ) -> dict[str, torch.Tensor]:
+        """The reward stage's layout (`reward_data.encode_for_scoring`: prompt ids +
+        response ids + EOS), left-padded, so PPO's scores are the reward model's own.
+        A reward model with another vocabulary gets the decoded texts."""
+        from rlhfkit.reward_data import encode_for_scoring
+
+        prompts = [q[m.bool()].tolist() for q, m in zip(query_ids, query_mask, strict=True)]
+        answers = [r[m.bool()].tolist() for r, m in zip(responses, resp_mask, strict=True)]
+        rtok, info = self.reward_tokenizer, self.reward_info
+        if rtok is not self.tokenizer:
+            prompts = self.tokenizer.batch_decode(prompts, skip_special_tokens=True)
+            answers = self.tokenizer.batch_decode(answers, skip_special_tokens=True)
+        seqs = encode_for_scoring(rtok, prompts, answers, info.prompt_sequence_length,
+                                  info.target_sequence_length, info.append_eos)
+        batch = left_pad(seqs, rtok.pad_token_id)
+        return {k: v.to(query_ids.device) for k, v in batch.items()}
+
+
+# -- building the roles ---------------------------------------------------------------------
+
+def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_reference: bool,
+                trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> Roles:
+    """Load the base once and put every role on it (see the module docstring)."""
+    from peft import get_peft_model
+
+    from rlhfkit.reward_model import load_reward_model, quiet_transformers
+
+    base = resolve_model_reference(base_ref)
+    info = read_reward_info(reward_dir)
+    tokenizer = load_tokenizer(base, trust_remote_code)
+    with quiet_transformers():
+        lm = load_causal_lm(base, trust_remote_code, dtype).eval()
+    hidden = lm.get_input_embeddings().weight.shape[1]
+    value_head = torch.nn.Linear(hidden, 1, bias=False, dtype=dtype)
+    torch.nn.init.zeros_(value_head.weight)  # V = 0 at first: advantages = returns
+
+    shares_base = lora_dim > 0 and info.lora_dim > 0 and same_model(info.base_model, base)
+    peft_model = reference = reward_model = reward_head = None
+    with quiet_transformers():
+        if lora_dim > 0:
+            peft_model = get_peft_model(lm, lora_config(lora_dim, "CAUSAL_LM"),
+                                        adapter_name="policy")
+            if shares_base:
+                reward_head = _attach_reward_adapter(peft_model, info, "reward", hidden, dtype)
+                value_head.weight.data.copy_(
+                    _attach_reward_adapter(peft_model, info, "value", hidden, dtype).weight)
+            else:
+                peft_model.add_adapter("value", lora_config(lora_dim, "CAUSAL_LM"))
+        elif need_reference:
+            reference = load_causal_lm(base, trust_remote_code, dtype).eval()
+    rtok = tokenizer
+    if not shares_base:  # loaded once, frozen, eval mode
+        reward_model, rtok, _ = load_reward_model(info.path, None, trust_remote_code, dtype)
+        reward_model.requires_grad_(False)
+        if rtok.get_vocab() == tokenizer.get_vocab():
+            rtok = tokenizer
+    return Roles(lm, tokenizer, peft_model, value_head, info, reference, reward_model,
+                 reward_head, rtok)
+
+
+def _attach_reward_adapter(peft_model, info: RewardInfo, name: str, hidden: int,
+                           dtype: torch.dtype) -> torch.nn.Linear:
+    """Load RUN/reward_model's seq-cls LoRA weights as adapter `name` of the causal LM
+    and return its score head (saved by peft as modules_to_save `score`)."""
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    config = LoraConfig.from_pretrained(str(info.path))
+    config.task_type, config.modules_to_save, config.inference_mode = "CAUSAL_LM", None, False
+    peft_model.add_adapter(name, config)
+    weights = load_file(str(info.path / "adapter_model.safetensors"))
+    head_keys = [k for k in weights if k.split(".")[-2] in ("score", "classifier")]
+    if len(head_keys) != 1:
+        raise RlhfkitError(f"{info.path}: expected one score head in adapter_model.safetensors,"
+                           f" found {head_keys or 'none'}")
+    head_weight = weights.pop(head_keys[0])
+    result = set_peft_model_state_dict(peft_model, weights, adapter_name=name)
+    if result.unexpected_keys:
+        raise RlhfkitError(f"{info.path}: adapter weights do not fit the base model: "
+                           f"{result.unexpected_keys[:3]}")
+    head = torch.nn.Linear(hidden, 1, bias=False, dtype=dtype)
+    head.weight.data.copy_(head_weight.reshape(1, hidden))
+    return head

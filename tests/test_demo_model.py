@@ -1,0 +1,184 @@
+"""The demo model: builds offline, saves safetensors, reloads, left-pads, generates."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from rlhfkit.data import format_prompt
+from rlhfkit.demo import model as dm
+from rlhfkit.demo import world as w
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo_model") / "tiny"
+    info = dm.run(dm.Config(str(out), preset="tiny", seed=0, threads=1))
+    return out, info
+
+
+def test_tiny_model_saves_safetensors_and_readme(tiny_dir):
+    out, info = tiny_dir
+    names = {p.name for p in out.iterdir()}
+    assert "model.safetensors" in names
+    assert not any(n.endswith((".bin", ".pt", ".pth")) for n in names)
+    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "README.md",
+            "demo_model.json"} <= names
+    assert json.loads((out / "demo_model.json").read_text()) == info
+    assert info["steps"] == dm.PRESETS["tiny"].steps
+    assert math.isfinite(info["final_loss"]) and info["parameters"] > 0
+    assert f"{info['parameters']:,}" in (out / "README.md").read_text()
+    assert not list(out.parent.glob(".tiny.*"))  # no temporary directory left behind
+
+
+def test_reloads_as_llama_with_left_padding(tiny_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    out, info = tiny_dir
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForCausalLM.from_pretrained(out, use_safetensors=True)
+    assert isinstance(model, LlamaForCausalLM)
+    assert sum(p.numel() for p in model.parameters()) == info["parameters"]
+    assert model.config.max_position_embeddings == 256
+    assert tok.padding_side == "left"
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+    assert model.config.pad_token_id == tok.pad_token_id
+    assert model.config.eos_token_id == tok.eos_token_id
+    enc = tok(["short", "a much longer text than the other one"], padding=True)
+    assert enc["input_ids"][0][0] == tok.pad_token_id  # padded on the left
+    assert enc["input_ids"][1][0] == tok.bos_token_id  # BOS prepended
+    assert enc["attention_mask"][0][0] == 0 and enc["attention_mask"][0][-1] == 1
+
+
+def test_generates_summaries_from_the_saved_directory(tiny_dir):
+    out, _ = tiny_dir
+    records = [p.record() for p in w.make_posts(3, random.Random(0), "t")]
+    greedy = dm.sample_summaries(out, records, greedy=True, max_new_tokens=8)
+    again = dm.sample_summaries(out, records, greedy=True, max_new_tokens=8)
+    sampled = dm.sample_summaries(out, records, greedy=False, max_new_tokens=8, seed=1)
+    assert len(greedy) == len(sampled) == 3
+    assert all(isinstance(s, str) for s in greedy + sampled)
+    assert greedy == again
+    for rec, s in zip(records, greedy, strict=True):
+        assert math.isfinite(w.gold_score(rec, s))
+
+
+def test_training_example_matches_generation_tokens(tiny_dir):
+    """Pretraining sees exactly the tokens generation produces: BOS + prompt tokens, then
+    each summary's tokens, then EOS."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir[0])
+    prompt, summaries = next(dm.pretraining_posts(0, summaries=2))
+    assert prompt.startswith(w.DEMO_INSTRUCTION + "\n\n\n")
+    assert prompt == format_prompt(w.DEMO_INSTRUCTION, prompt.split("\n\n\n", 1)[1])
+    ex = dm.encode_example(tok, prompt, summaries, max_length=1000)
+    prompt_ids = tok(prompt)["input_ids"]
+    assert ex.n_prompt == len(prompt_ids) and ex.ids[:ex.n_prompt] == prompt_ids
+    assert len(ex.blocks) == 2 and ex.blocks[0][0] == ex.n_prompt
+    for (start, end), summary in zip(ex.blocks, summaries, strict=True):
+        assert ex.ids[end - 1] == tok.eos_token_id
+        assert tok.decode(ex.ids[start:end - 1]) == summary
+
+
+def _example():
+    # prompt [5, 6, 7]; summaries [8, 2] and [9, 4, 2] (2 = EOS)
+    return dm.Example(ids=[5, 6, 7, 8, 2, 9, 4, 2], n_prompt=3, blocks=[(3, 5), (5, 8)])
+
+
+def test_batch_tensors_packs_summaries_after_one_prompt():
+    short = dm.Example(ids=[5, 8, 2], n_prompt=1, blocks=[(1, 3)])
+    batch = dm.batch_tensors([_example(), short], pad_id=0, prompt_weight=0.1)
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 2, 9, 4, 2], [5, 8, 2, 0, 0, 0, 0, 0]]
+    # Both summaries continue the prompt's positions 0, 1, 2.
+    assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 3, 4, 5]
+    mask = batch["attention_mask"][0, 0]
+    assert mask[5].tolist() == [True] * 3 + [False] * 2 + [True] + [False] * 2  # 9: prompt+self
+    assert mask[4].tolist() == [True] * 5 + [False] * 3  # EOS of summary 1: prompt + 8, 2
+    assert mask[2].tolist() == [True] * 3 + [False] * 5  # prompt: causal
+    pad = batch["attention_mask"][1, 0, 5]
+    assert pad.tolist() == [False] * 5 + [True] + [False] * 2  # padding sees itself only
+    # Row 0 predictions (position -> target): prompt 0->6, 1->7 (weight 0.1); summary 1:
+    # 2->8, 3->2; summary 2: 2->9 (the shared last prompt position), 5->4, 6->2.
+    got = [(r, c, t, round(wt, 2)) for r, c, t, wt in zip(
+        batch["rows"].tolist(), batch["cols"].tolist(), batch["targets"].tolist(),
+        batch["weights"].tolist(), strict=True) if r == 0]
+    assert got == [(0, 0, 6, 0.1), (0, 1, 7, 0.1), (0, 2, 8, 1), (0, 3, 2, 1),
+                   (0, 2, 9, 1), (0, 5, 4, 1), (0, 6, 2, 1)]
+
+
+def test_packed_summaries_score_as_if_alone():
+    """The block mask and positions make each packed summary's predictions identical to
+    those of the prompt + that summary alone."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        vocab_size=16, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=32)).eval()
+    batch = dm.batch_tensors([_example()], pad_id=0)
+    packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits[0]
+    alone_2 = model(input_ids=torch.tensor([[5, 6, 7, 9, 4, 2]])).logits[0]
+    alone_1 = model(input_ids=torch.tensor([[5, 6, 7, 8, 2]])).logits[0]
+    assert torch.allclose(packed[:5], alone_1, atol=1e-5)
+    assert torch.allclose(packed[5:], alone_2[3:], atol=1e-5)
+
+
+def test_weighted_loss_by_hand():
+    # Uniform logits over 4 tokens: every prediction costs ln 4, whatever the weights.
+    logits = torch.zeros(1, 3, 4)
+    batch = {"rows": torch.tensor([0, 0]), "cols": torch.tensor([0, 1]),
+             "targets": torch.tensor([2, 3]), "weights": torch.tensor([0.1, 1.0])}
+    assert dm.weighted_lm_loss(logits, batch).item() == pytest.approx(math.log(4))
+    # Sure of token 2 at position 0 (weight 0.1), uniform at position 1 (weight 1):
+    # (0.1 * ~0 + 1 * ln 4) / 1.1
+    logits[0, 0, 2] = 100.0
+    assert dm.weighted_lm_loss(logits, batch).item() == pytest.approx(math.log(4) / 1.1)
+
+
+def test_learning_rate_schedule_by_hand():
+    # 100 steps: warmup 5 steps (1/5, 2/5, ... of peak), then cosine from peak to 10%.
+    assert dm.lr_at(0, 100, 1.0) == pytest.approx(0.2)
+    assert dm.lr_at(4, 100, 1.0) == pytest.approx(1.0)
+    assert dm.lr_at(5, 100, 1.0) == pytest.approx(1.0)
+    # halfway through the decay (step 5 + 47.5): 0.1 + 0.9 * 0.5 = 0.55
+    assert dm.lr_at(5 + 95 // 2, 100, 1.0) == pytest.approx(0.1 + 0.9 * 0.5 * (
+        1 + math.cos(math.pi * 47 / 95)))
+    assert dm.lr_at(100, 100, 1.0) == pytest.approx(0.1)
+
+
+def test_pretraining_mixture_leans_mediocre():
+    rng = random.Random(0)
+    specs = [dm.pretrain_spec(rng) for _ in range(2000)]
+    good = sum(s == w.Spec() for s in specs) / len(specs)
+    assert good == pytest.approx(dm.PRETRAIN_MIX["good"], abs=0.04)
+    assert good < 0.5  # RL has room to improve
+
+
+def test_pretraining_posts_are_not_the_data_sets_posts():
+    data = w.generate(w.Config("unused", preference_size=300, prompt_size=300, eval_size=100))
+    data_posts = {r["input_text"] for recs in data.values() for r in recs}
+    items = dm.pretraining_posts(0)
+    pre = {next(items)[0].split("\n\n\n", 1)[1] for _ in range(300)}
+    assert not data_posts & pre
+
+
+def test_unknown_preset_is_a_user_error(tmp_path):
+    from rlhfkit.errors import RlhfkitError
+
+    with pytest.raises(RlhfkitError, match="unknown preset"):
+        dm.run(dm.Config(str(tmp_path / "m"), preset="huge"))
+
+
+def test_presets_sizes():
+    torch.manual_seed(0)
+    tok = dm.build_tokenizer(256 + 64, seed=0, max_length=256, posts=50)
+    sizes = {name: sum(p.numel() for p in dm.build_model(preset, tok).parameters())
+             for name, preset in dm.PRESETS.items()}
+    # Embeddings here are small (tiny vocabulary); body sizes decide the order.
+    assert sizes["tiny"] < sizes["demo"] < sizes["bench-3m"]
