@@ -26,10 +26,15 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 # The main job on the offline demo world: data -> model -> pipeline -> report.
-demo: $(STAMP)
-	$(BIN)/rlhfkit demo data $(DEMO)/data
-	$(BIN)/rlhfkit demo model $(DEMO)/model
+# A second `make demo` reuses the data, the model and every finished pipeline stage.
+demo: $(DEMO)/data/world.json $(DEMO)/model/config.json
 	$(BIN)/rlhfkit run examples/demo/params.json --output-dir $(DEMO)/run
+
+$(DEMO)/data/world.json: | $(STAMP)
+	$(BIN)/rlhfkit demo data $(DEMO)/data
+
+$(DEMO)/model/config.json: | $(STAMP)
+	$(BIN)/rlhfkit demo model $(DEMO)/model
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
