@@ -194,7 +194,8 @@ class Trainer:
 
 
 def train_step(t: Trainer, step: int) -> tuple[dict[str, float], dict]:
-    """One PPO step on one batch of prompts: (logged statistics, the rollout)."""
+    """PPO step number `step` (1 .. N) on one batch of prompts: (logged statistics, the
+    rollout)."""
     cfg = t.cfg
     seed_everything(cfg.seed * 1_000_003 + step * 1009 + t.accelerator.process_index)
     query = encode_prompts(t.roles.tokenizer, t.local_batch(), cfg.prompt_sequence_length)
@@ -285,7 +286,7 @@ def shape_scores(scores, has_eos, cfg: PolicyConfig, norm: tuple[float, float] |
     return scores
 
 
-def ppo_update(t: Trainer, roll, advantages, returns, step: int) -> dict[str, torch.Tensor]:
+def ppo_update(t: Trainer, roll, advantages, returns, step: int) -> dict[str, float]:
     """`ppo_epochs` passes over `num_minibatches` shuffled minibatches; each minibatch is
     one optimizer step, accumulated over micro-batches. Losses are normalised by the
     minibatch's global token count and gradients summed over ranks, so the update is
@@ -445,7 +446,7 @@ def build_trainer(cfg: PolicyConfig, accelerator) -> Trainer:
 
 
 def train_loop(t: Trainer, start: int, h: str) -> dict[str, float]:
-    """Steps `start` .. train_steps - 1; returns the last step's statistics."""
+    """Steps start + 1 .. train_steps; returns the last step's statistics."""
     cfg = t.cfg
     stats: dict[str, float] = {}
     steps = cfg.reinforcement_learning_train_steps
@@ -457,25 +458,25 @@ def train_loop(t: Trainer, start: int, h: str) -> dict[str, float]:
     kl_warned = False
     every = max(1, steps // 20)
     try:
-        for step in range(start, steps):
+        for step in range(start + 1, steps + 1):  # steps are numbered 1 .. N
             t0 = time.monotonic()
             stats, roll = train_step(t, step)
             stats["time/step_seconds"] = time.monotonic() - t0
-            tb.scalars(stats, step + 1)
-            if (step + 1) % cfg.samples_every_steps == 0 or step == start:
-                tb.text("samples", format_samples(t, roll), step + 1)
+            tb.scalars(stats, step)
+            if step % cfg.samples_every_steps == 0 or step == start + 1:
+                tb.text("samples", format_samples(t, roll), step)
             if stats["objective/kl"] > cfg.kl_warning and not kl_warned:
-                log.warn(f"step {step + 1}: KL to the reference is {stats['objective/kl']:.1f} "
+                log.warn(f"step {step}: KL to the reference is {stats['objective/kl']:.1f} "
                          f"nats per response (> {cfg.kl_warning}); the policy may be gaming "
                          "the reward model. Consider a larger kl_coeff or fewer steps.")
             kl_warned = stats["objective/kl"] > cfg.kl_warning
-            if (step + 1) % every == 0 or step + 1 == steps:
-                log.info(f"policy step {step + 1}/{steps}  reward {stats['reward']:.3f}  "
+            if step % every == 0 or step == steps:
+                log.info(f"policy step {step}/{steps}  reward {stats['reward']:.3f}  "
                          f"kl {stats['objective/kl']:.3f}  "
                          f"length {stats['objective/response_length']:.1f}  "
                          f"({stats['time/step_seconds']:.1f} s/step)")
-            if (step + 1) % cfg.checkpoint_every_steps == 0 and step + 1 < steps:
-                save_state(t, step + 1, h)
+            if step % cfg.checkpoint_every_steps == 0 and step < steps:
+                save_state(t, step, h)
     finally:
         tb.close()
     return stats

@@ -57,7 +57,8 @@ def save_state(t: Trainer, step: int, h: str) -> None:
 
 
 def resume(t: Trainer, h: str) -> int:
-    """Load the newest checkpoint made with the same parameters; return the next step.
+    """Load the newest checkpoint made with the same parameters; return its step (the
+    steps done; 0 for a fresh start).
     Without one, start clean: stale outputs and checkpoints of other parameters go."""
     from safetensors.torch import load_file
 

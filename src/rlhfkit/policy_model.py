@@ -158,6 +158,8 @@ class Roles(torch.nn.Module):
         with ctx:
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                         logits_to_keep=n_response + 1, use_cache=False)
+        if reference:
+            self._active = None  # re-enabling adapters reset requires_grad: redo on next use
         return out.logits[:, :-1]
 
     def values(self, ids, mask, n_response: int) -> torch.Tensor:
