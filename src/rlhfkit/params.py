@@ -13,7 +13,7 @@ import difflib
 import json
 import math
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +91,6 @@ class PipelineParams:
     inference_temperature: float = 0.0  # 0 = greedy, as Vertex's bulk inferrer
     merge_adapter: bool = False
 
-    extras: dict[str, Any] = field(default_factory=dict, repr=False)
-
     # ----------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "parameter_values",
@@ -101,7 +99,7 @@ class PipelineParams:
             raise RlhfkitError(f"{source}: expected a mapping of parameter names to values")
         if "parameter_values" in values and isinstance(values["parameter_values"], dict):
             values = values["parameter_values"]
-        names = [f.name for f in fields(cls) if f.name != "extras"]
+        names = [f.name for f in fields(cls)]
         problems = []
         for key in values:
             if key not in names:
@@ -186,9 +184,7 @@ class PipelineParams:
             raise RlhfkitError("\n".join(f"{source}: {p}" for p in problems))
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d.pop("extras")
-        return d
+        return dataclasses.asdict(self)
 
     def subset(self, *names: str) -> dict[str, Any]:
         """The values a stage depends on (its DONE marker hashes these)."""
