@@ -153,6 +153,7 @@ def _score_pairs(model, pairs: Pairs, pad_id: int, device) -> tuple[torch.Tensor
 def train_step(model, optimizer, scheduler, accelerator, pairs: Pairs, micro: int,
                pad_id: int) -> dict[str, float]:
     """One optimizer step on this process's pairs, `micro` pairs per forward pass."""
+    pairs = _by_length(pairs)  # micro-batches of similar length carry little padding
     n, r_c, r_r = len(pairs), [], []
     for start in range(0, n, micro):
         part = pairs.subset(range(start, min(n, start + micro)))

@@ -19,7 +19,6 @@ Reading order: presets, pretraining data, tokenizer, packing, model, `run(cfg)`,
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Iterator
@@ -45,7 +44,7 @@ class Preset:
     vocab_size: int  # BPE vocabulary, special tokens included
     steps: int  # optimizer steps of pretraining
     batch_size: int  # posts per step
-    learning_rate: float  # peak AdamW learning rate (warmup, then cosine to 10%)
+    learning_rate: float  # peak AdamW learning rate (see lr_at)
     tokenizer_posts: int = 2000  # posts (with a summary each) the BPE vocabulary is learnt on
     check_prompts: int = 64  # fresh prompts scored by the gold annotator after pretraining
     summaries_per_post: int = 4  # summaries packed after each post (see Example)
@@ -65,6 +64,7 @@ PRESETS = {
                        vocab_size=1536, steps=300, batch_size=8, learning_rate=2e-3),
 }
 WARMUP_FRACTION = 0.05
+DECAY_FRACTION = 0.2
 # Loss weight of the prompt's tokens relative to the summary's: the post grammar is easy,
 # the post -> summary mapping is what a 2-minute budget must buy.
 PROMPT_LOSS_WEIGHT = 0.1
@@ -221,12 +221,16 @@ def build_model(preset: Preset, tokenizer):
 
 
 def lr_at(step: int, total: int, peak: float) -> float:
-    """Linear warmup over WARMUP_FRACTION of the steps, then cosine decay to 10% of peak."""
+    """Warmup-stable-decay: linear warmup over WARMUP_FRACTION of the steps, the peak rate,
+    then a linear decay to 10% of it over the last DECAY_FRACTION. A short budget needs the
+    high rate for long: the post -> summary mapping is learnt late, around step 300."""
     warm = max(1, int(WARMUP_FRACTION * total))
+    decay_start = total - max(1, int(DECAY_FRACTION * total))
     if step < warm:
         return peak * (step + 1) / warm
-    progress = (step - warm) / max(1, total - warm)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    if step < decay_start:
+        return peak
+    return peak * (1.0 - 0.9 * (step - decay_start) / max(1, total - decay_start))
 
 
 def pretrain(model, tokenizer, preset: Preset, steps: int, seed: int,
