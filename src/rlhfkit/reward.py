@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,6 +65,9 @@ BASE_LR_FULL = 1e-5
 WEIGHT_DECAY = 0.0  # none: few steps, and the LoRA delta / head start at small values
 MAX_GRAD_NORM = 1.0  # global L2 norm the gradient is clipped to before each step
 KEEP_CHECKPOINTS = 2  # newest checkpoints kept on disk while training
+# Held-out evaluations per run (plus one at the last step) when eval_every_steps is None:
+# enough points for a TensorBoard curve; each one scores every held-out pair twice.
+EVALS_PER_RUN = 8
 
 STAGE_DIR, LOGS_DIR = "reward_model", "reward-logs"
 
@@ -89,7 +93,7 @@ class RewardConfig:
     reward_holdout_fraction: float = 0.1
     seed: int = 0
     checkpoint_every_steps: int = 50
-    eval_every_steps: int | None = None  # None: with every checkpoint
+    eval_every_steps: int | None = None  # None: EVALS_PER_RUN times per run
     trust_remote_code: bool = False
     progress: bool = True  # the live progress bar (rank 0, terminals only)
 
@@ -324,7 +328,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
              f"lr {cfg.learning_rate:g}")
 
     tb = training.TensorBoard(logs_dir)
-    eval_every = cfg.eval_every_steps or cfg.checkpoint_every_steps
+    eval_every = cfg.eval_every_steps or math.ceil(total / EVALS_PER_RUN)
     metrics: dict[str, float] = {}
     t0 = time.monotonic()
     with _progress(cfg.progress and main) as progress:
