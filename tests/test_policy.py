@@ -110,7 +110,7 @@ def test_sampler_logprobs_equal_a_forward_pass(tiny_model_dirs, reward_models, p
     roles = build_roles(str(tiny_model_dirs["gpt2"]), reward_models["gpt2"], 1, True)
     q = encode_prompts(roles.tokenizer, ["a", "a much longer prompt about my dog"], 16)
     torch.manual_seed(0)
-    responses, sampled = roles.sample(q["input_ids"], q["attention_mask"], 8)
+    responses, sampled, entropy = roles.sample(q["input_ids"], q["attention_mask"], 8)
     ids = torch.cat([q["input_ids"], responses], 1)
     attn = torch.cat([q["attention_mask"], torch.ones_like(responses)], 1)
     with torch.no_grad():
@@ -118,6 +118,7 @@ def test_sampler_logprobs_equal_a_forward_pass(tiny_model_dirs, reward_models, p
     mask = pm.response_mask(responses, roles.tokenizer.eos_token_id)
     recomputed = pm.logprobs_from_logits(logits, responses)
     assert torch.allclose(recomputed * mask, sampled * mask, atol=1e-4)
+    assert torch.allclose(pm.entropy_from_logits(logits) * mask, entropy * mask, atol=1e-4)
 
 
 def test_shared_base_reward_equals_reward_model_loaded_alone(tiny_model_dirs, reward_models):
@@ -181,7 +182,9 @@ def test_full_tuning_step_keeps_the_reference_frozen(tiny_model_dirs, reward_mod
     ref = {n: p.clone() for n, p in t.roles.reference.named_parameters()}
     pol = {n: p.detach().clone() for n, p in t.roles.lm.named_parameters()}
     stats, roll = policy.train_step(t, 1)
-    assert stats["objective/kl"] == 0  # sampled before the update: policy == reference
+    # Sampled before the update, so policy == reference; the sampler's KV-cached logprobs
+    # differ from the reference's batched forward pass by float rounding only.
+    assert abs(stats["objective/kl"]) < 1e-4
     assert changed(pol, {n: p.detach() for n, p in t.roles.lm.named_parameters()})
     assert not changed(ref, dict(t.roles.reference.named_parameters()))
     with torch.no_grad():

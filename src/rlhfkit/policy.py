@@ -243,33 +243,34 @@ def rollout(t: Trainer, query: dict[str, torch.Tensor], step: int) -> dict[str, 
     roles, cfg = t.roles, t.cfg
     tok = roles.tokenizer
     micro = list(_micro_slices(query["input_ids"].shape[0], cfg.micro_batch_size))
+    # The sampler's logprobs are the old logprobs (no extra policy forward pass; a test
+    # checks they equal a batched forward pass's within float tolerance).
     samples = [roles.sample(query["input_ids"][s], query["attention_mask"][s],
-                            cfg.target_sequence_length, step)[0] for s in micro]
-    width = max(r.shape[1] for r in samples)
-    responses = torch.cat([torch.nn.functional.pad(r, (0, width - r.shape[1]),
-                                                   value=tok.pad_token_id) for r in samples])
+                            cfg.target_sequence_length, step) for s in micro]
+    width = max(r.shape[1] for r, _, _ in samples)
+
+    def cat(i: int, value: float) -> torch.Tensor:  # micro-batches' (b, T_i) -> (B, width)
+        return torch.cat([torch.nn.functional.pad(x[i], (0, width - x[i].shape[1]), value=value)
+                          for x in samples])
+
+    responses, logprobs, entropy = cat(0, tok.pad_token_id), cat(1, 0.0), cat(2, 0.0)
     mask = pm.response_mask(responses, roles.eos_ids)
     ids = torch.cat([query["input_ids"], responses], 1)
     attn = torch.cat([query["attention_mask"], torch.ones_like(responses)], 1)
-    out: dict[str, list] = {k: [] for k in ("logprobs", "ref_logprobs", "values", "scores",
-                                            "entropy")}
+    out: dict[str, list] = {k: [] for k in ("ref_logprobs", "values", "scores")}
     for s in micro:
-        logits = roles.logits(ids[s], attn[s], width)
-        t.check_finite(step, **{"policy logits": logits})
-        out["logprobs"].append(pm.logprobs_from_logits(logits, responses[s]))
-        out["entropy"].append((pm.entropy_from_logits(logits) * mask[s]).sum(1))
-        del logits
         if roles.has_reference:  # with LoRA the reference costs one forward pass, no memory
             ref_logits = roles.logits(ids[s], attn[s], width, reference=True)
             out["ref_logprobs"].append(pm.logprobs_from_logits(ref_logits, responses[s]))
             del ref_logits
         else:  # full tuning with kl_coeff = 0: no reference loaded, KL reads 0
-            out["ref_logprobs"].append(out["logprobs"][-1])
+            out["ref_logprobs"].append(logprobs[s])
         out["values"].append(roles.values(ids[s], attn[s], width))
         reward_in = roles.reward_inputs(query["input_ids"][s], query["attention_mask"][s],
                                         responses[s], mask[s])
         out["scores"].append(roles.scores(reward_in["input_ids"], reward_in["attention_mask"]))
     roll = {k: torch.cat(v) for k, v in out.items()}
+    roll.update(logprobs=logprobs, entropy=(entropy * mask).sum(1))
     stop = torch.tensor(roles.eos_ids, dtype=torch.long, device=responses.device)
     has_eos = torch.isin(responses, stop).any(1)
     roll.update(responses=responses, mask=mask, ids=ids, attn=attn, has_eos=has_eos)
@@ -305,18 +306,26 @@ def ppo_update(t: Trainer, roll, advantages, returns, step: int) -> dict[str, fl
             for s in _micro_slices(len(idx), cfg.micro_batch_size):
                 j = idx[s]
                 mask, width = roll["mask"][j], roll["mask"].shape[1]
+                # Policy loss, then value loss, each back-propagated at once: only one
+                # graph is alive at a time (half the activation memory of one combined
+                # loss); the accumulated gradient is the same.
                 logits = roles.logits(roll["ids"][j], roll["attn"][j], width)
                 logp = pm.logprobs_from_logits(logits, roll["responses"][j])
-                values = roles.values(roll["ids"][j], roll["attn"][j], width)
                 pg, pstats = pm.policy_loss(logp, roll["logprobs"][j], advantages[j], mask,
                                             cfg.cliprange, count=count)
-                vf, vstats = pm.value_loss(values, roll["values"][j], returns[j], mask,
-                                           cfg.cliprange_value, count=count)
-                loss = pg + cfg.vf_coef * vf
-                t.check_finite(step, loss=loss.detach(), **{"policy logits": logits.detach()})
-                loss.backward()
+                t.check_finite(step, **{"policy loss": pg.detach(),
+                                        "policy logits": logits.detach()})
+                pg.backward()
                 with torch.no_grad():
                     ent = pm.masked_mean(pm.entropy_from_logits(logits), mask, count=count)
+                del logits, logp
+                values = roles.values(roll["ids"][j], roll["attn"][j], width)
+                vf, vstats = pm.value_loss(values, roll["values"][j], returns[j], mask,
+                                           cfg.cliprange_value, count=count)
+                t.check_finite(step, **{"value loss": vf.detach()})
+                (cfg.vf_coef * vf).backward()
+                loss = pg.detach() + cfg.vf_coef * vf.detach()
+                with torch.no_grad():
                     err = pm.masked_mean((values - returns[j]) ** 2, mask, count=count)
                     vpred = pm.masked_mean(values, mask, count=count)
                 _add(totals, {"ppo/loss/policy": pg, "ppo/loss/value": vf,
@@ -325,7 +334,6 @@ def ppo_update(t: Trainer, roll, advantages, returns, step: int) -> dict[str, fl
                               "ppo/policy/approxkl": pstats["approxkl"],
                               "ppo/val/clipfrac": vstats["clipfrac"],
                               "ppo/val/vpred": vpred, "ppo/val/error": err})
-                del logits
             _sync_gradients(t, params)
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             t.check_finite(step, **{"gradient norm": norm})

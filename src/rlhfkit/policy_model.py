@@ -184,9 +184,10 @@ class Roles(torch.nn.Module):
     @torch.no_grad()
     def sample(self, ids, mask, max_new_tokens: int, step: int = 0) -> torch.Tensor:
         """Sample responses from the policy: temperature 1, no top-k / top-p, so the
-        logprobs PPO recomputes are those of the sampling distribution. KV-cached;
-        stops when every row has produced EOS. (B, P) -> tokens (B, T <= max_new_tokens),
-        padded with pad_token_id after EOS, and their logprobs under the sampler (B, T)."""
+        sampler's logprobs are the policy's (PPO's old logprobs, as TRL reuses its
+        generation scores). KV-cached; stops when every row has produced EOS.
+        (B, P) -> tokens (B, T <= max_new_tokens), padded with pad_token_id after EOS;
+        their logprobs (B, T) and the entropy of each step's distribution (B, T)."""
         self._use("policy")
         pad = self.tokenizer.pad_token_id
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=ids.device)
@@ -194,13 +195,15 @@ class Roles(torch.nn.Module):
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos,
                       use_cache=True, logits_to_keep=1)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        tokens, logprobs = [], []
+        tokens, logprobs, entropy = [], [], []
         for _ in range(max_new_tokens):
             logits = out.logits[:, -1].float()
             check_finite(step, **{"policy logits while sampling": logits})
             logp = torch.log_softmax(logits, -1)
-            tok = torch.multinomial(logp.exp(), 1).squeeze(1)
+            probs = logp.exp()
+            tok = torch.multinomial(probs, 1).squeeze(1)
             logprobs.append(logp.gather(1, tok[:, None]).squeeze(1))
+            entropy.append(-(probs * logp).sum(-1))
             tok = torch.where(done, torch.full_like(tok, pad), tok)
             tokens.append(tok)
             done |= torch.isin(tok, eos)
@@ -210,7 +213,7 @@ class Roles(torch.nn.Module):
             pos = pos[:, -1:] + 1
             out = self.lm(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
                           past_key_values=out.past_key_values, use_cache=True)
-        return torch.stack(tokens, 1), torch.stack(logprobs, 1)
+        return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropy, 1)
 
     def reward_inputs(self, query_ids, query_mask, responses, resp_mask
                       ) -> dict[str, torch.Tensor]:
