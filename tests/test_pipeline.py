@@ -88,6 +88,7 @@ def test_run_end_to_end_then_rerun_skips_everything(world):
         assert lines[0]["inputs"]["inputs_pretokenized"].startswith(resolved["instruction"])
     assert (run / "comparison.csv").is_file() and (run / "report.html").is_file()
     assert "== summary ==" in proc.stderr and "report:" in proc.stderr
+    assert "mean gold score: base " in proc.stderr  # the tiny world is a demo world
 
     before = stage_markers(run)
     again = rlhfkit("run", str(params), "--output-dir", str(run))
@@ -129,3 +130,16 @@ def test_killed_run_resumes_and_finishes(world):
     done = rlhfkit("run", str(params), "--output-dir", str(run))
     assert "resum" in done.stderr.lower()
     assert (run / "policy" / "DONE").exists() and (run / "eval_results_tuned.jsonl").exists()
+
+
+def test_verdict_only_when_the_interval_excludes_a_tie():
+    from rlhfkit.pipeline import verdict
+
+    assert verdict({"win_rate_ci_low": 0.51, "win_rate_ci_high": 0.7}, "") == ": tuned is better"
+    assert verdict({"gold_win_rate_ci_low": 0.2, "gold_win_rate_ci_high": 0.49},
+                   "gold_") == ": tuned is WORSE"
+    assert verdict({"win_rate_ci_low": 0.45, "win_rate_ci_high": 0.6}, "") == (
+        ": no clear difference")  # 0.5 inside the interval
+    assert verdict({"win_rate_ci_low": 0.5, "win_rate_ci_high": 0.6}, "") == (
+        ": no clear difference")  # a boundary at 0.5 is not "excludes"
+    assert verdict({}, "gold_") == ""  # no gold scores: say nothing

@@ -211,6 +211,19 @@ def noise_ceiling(params: PipelineParams) -> float | None:
     return info.get(key)
 
 
+def verdict(c: dict, prefix: str) -> str:
+    """Say plainly whether the tuned model won: only when the 95% interval of its win
+    rate excludes 0.5 (a tie) is it called better or worse."""
+    low, high = c.get(f"{prefix}win_rate_ci_low"), c.get(f"{prefix}win_rate_ci_high")
+    if low is None or high is None:
+        return ""
+    if low > 0.5:
+        return ": tuned is better"
+    if high < 0.5:
+        return ": tuned is WORSE"
+    return ": no clear difference"
+
+
 def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
     lines = [f"run directory: {out.run_dir}   ({out.seconds / 60:.1f} min)",
              "stages: " + ", ".join(f"{k} {v}" for k, v in out.stages.items())]
@@ -228,11 +241,14 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
         if c.get("win_rate") is not None:
             lines.append(f"win rate of tuned over base (reward model): {c['win_rate']:.3f} "
                          f"[95% CI {c['win_rate_ci_low']:.3f}, {c['win_rate_ci_high']:.3f}] "
-                         f"over {c['n']} prompts")
+                         f"over {c['n']} prompts" + verdict(c, ""))
         if c.get("gold_win_rate") is not None:
             lines.append(f"gold win rate of tuned over base (demo annotator): "
                          f"{c['gold_win_rate']:.3f} [95% CI {_fmt(c.get('gold_win_rate_ci_low'))}"
-                         f", {_fmt(c.get('gold_win_rate_ci_high'))}]")
+                         f", {_fmt(c.get('gold_win_rate_ci_high'))}]" + verdict(c, "gold_"))
+            lines.append(f"mean gold score: base {_fmt(c.get('mean_gold_base'))}, "
+                         f"tuned {_fmt(c.get('mean_gold_tuned'))} (demo annotator, higher is "
+                         f"better, at most 3)")
         lines.append(f"mean words: base {_fmt(c.get('mean_words_base'), '.1f')}, "
                      f"tuned {_fmt(c.get('mean_words_tuned'), '.1f')}")
     if out.report:
