@@ -458,11 +458,7 @@ def train_loop(t: Trainer, start: int, h: str) -> dict[str, float]:
     cfg = t.cfg
     stats: dict[str, float] = {}
     steps = cfg.reinforcement_learning_train_steps
-    tb = TensorBoard(cfg.run_dir / LOGS_DIR, enabled=False)
-    if t.accelerator.is_main_process:  # purge events a killed run logged past its checkpoint
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb.writer = SummaryWriter(str(cfg.run_dir / LOGS_DIR), purge_step=start + 1)
+    tb = TensorBoard(cfg.run_dir / LOGS_DIR, purge_step=start + 1)
     kl_warned = False
     every = max(1, steps // 20)
     try:

@@ -66,14 +66,16 @@ def reduce_mean(accelerator, values: dict[str, float]) -> dict[str, float]:
 
 
 class TensorBoard:
-    """A SummaryWriter on the main process only; other ranks get no-ops."""
+    """A SummaryWriter on the main process only; other ranks get no-ops. A resumed run
+    passes `purge_step` = its first step: events a killed run logged past its checkpoint
+    are hidden, so the curves show each step once."""
 
-    def __init__(self, log_dir: str | Path, enabled: bool = True):
+    def __init__(self, log_dir: str | Path, enabled: bool = True, purge_step: int | None = None):
         self.writer = None
         if enabled and log.is_main_process():
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(log_dir))
+            self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.writer is not None:
