@@ -20,8 +20,9 @@ Full tuning (`policy_lora_dim` = 0) trains every weight of the policy, so the re
 must be a frozen copy (loaded only when `kl_coeff` > 0); the value head then sits on the
 policy's own trunk, as in lm-human-preferences.
 
-Every forward pass is in eval mode (no dropout: the PPO ratio must be exactly 1 on the
-first minibatch) and passes explicit position ids, because inputs are left-padded.
+Every forward pass is in eval mode (no dropout: the PPO ratio must be 1, up to float
+rounding, on the first minibatch) and passes explicit position ids, because inputs are
+left-padded.
 """
 
 from __future__ import annotations
