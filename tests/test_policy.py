@@ -104,10 +104,14 @@ def test_one_ppo_step_trains_policy_and_value_only(arch, tiny_model_dirs, reward
     assert t.kl_ctl.value != cfg.kl_coeff  # the adaptive controller moved
 
 
-def test_sampler_logprobs_equal_a_forward_pass(tiny_model_dirs, reward_models, prompts):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_sampler_logprobs_equal_a_forward_pass(tiny_model_dirs, reward_models, prompts,
+                                               temperature):
     # The KV-cached, left-padded sampler and the batched forward pass PPO uses must agree
-    # on every token's logprob, or the first PPO ratio would not be 1.
-    roles = build_roles(str(tiny_model_dirs["gpt2"]), reward_models["gpt2"], 1, True)
+    # on every token's logprob (at any sampling temperature), or the first PPO ratio
+    # would not be 1.
+    roles = build_roles(str(tiny_model_dirs["gpt2"]), reward_models["gpt2"], 1, True,
+                        temperature=temperature)
     q = encode_prompts(roles.tokenizer, ["a", "a much longer prompt about my dog"], 16)
     torch.manual_seed(0)
     responses, sampled, entropy = roles.sample(q["input_ids"], q["attention_mask"], 8)
@@ -119,6 +123,9 @@ def test_sampler_logprobs_equal_a_forward_pass(tiny_model_dirs, reward_models, p
     recomputed = pm.logprobs_from_logits(logits, responses)
     assert torch.allclose(recomputed * mask, sampled * mask, atol=1e-4)
     assert torch.allclose(pm.entropy_from_logits(logits) * mask, entropy * mask, atol=1e-4)
+    if temperature != 1.0:  # and both are the tempered distribution, not the model's own
+        untempered = pm.logprobs_from_logits(logits * temperature, responses)
+        assert not torch.allclose(untempered * mask, sampled * mask, atol=1e-3)
 
 
 def test_shared_base_reward_equals_reward_model_loaded_alone(tiny_model_dirs, reward_models):

@@ -87,6 +87,7 @@ class PipelineParams:
     kl_horizon: int = 10000
     missing_eos_penalty: float | None = None
     normalize_reward: bool = False
+    temperature: float = 1.0  # PPO sampling; the trained policy is softmax(logits / T), as TRL
     # Bulk inference
     inference_temperature: float = 0.0  # 0 = greedy, as Vertex's bulk inferrer
     merge_adapter: bool = False
@@ -157,7 +158,7 @@ class PipelineParams:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("reward_model_learning_rate_multiplier",
                      "reinforcement_learning_rate_multiplier", "cliprange",
-                     "cliprange_value"):
+                     "cliprange_value", "temperature"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("kl_coeff", "vf_coef", "inference_temperature"):

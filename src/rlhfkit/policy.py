@@ -82,6 +82,7 @@ class PolicyConfig:
     whiten_rewards: bool = False
     missing_eos_penalty: float | None = None
     normalize_reward: bool = False
+    temperature: float = 1.0  # of sampling and of every logprob PPO takes (TRL's temperature)
     merge_adapter: bool = False
     seed: int = 0
     checkpoint_every_steps: int = 50
@@ -443,7 +444,8 @@ def build_trainer(cfg: PolicyConfig, accelerator) -> Trainer:
     roles = build_roles(cfg.large_model_reference, cfg.reward_dir, cfg.policy_lora_dim,
                         need_reference=cfg.kl_coeff > 0,
                         trust_remote_code=cfg.trust_remote_code,
-                        dtype=pick_dtype(accelerator.device)).to(accelerator.device)
+                        dtype=pick_dtype(accelerator.device),
+                        temperature=cfg.temperature).to(accelerator.device)
     prompts = [prompt_text(r, cfg.instruction, roles.tokenizer) for r in records]
     params = list(roles.trainable_parameters().values())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=ADAM_EPS, weight_decay=0.0)

@@ -95,8 +95,13 @@ class Roles(torch.nn.Module):
     """policy / value / reference / reward forward passes over shared weights."""
 
     def __init__(self, lm, tokenizer, peft_model, value_head, reward_info: RewardInfo,
-                 reference=None, reward_model=None, reward_head=None, reward_tokenizer=None):
+                 reference=None, reward_model=None, reward_head=None, reward_tokenizer=None,
+                 temperature: float = 1.0):
         super().__init__()
+        # The policy PPO samples from and trains is softmax(logits / temperature), the
+        # reference likewise (TRL's PPO): below 1 the training samples sit closer to the
+        # greedy outputs bulk inference evaluates. 1 = the model's own distribution.
+        self.temperature = temperature
         self.lm = lm                    # transformers causal LM (LoRA layers injected)
         self.peft = peft_model          # None in full tuning
         self.value_head = value_head
@@ -146,8 +151,8 @@ class Roles(torch.nn.Module):
 
     # forward passes ----------------------------------------------------------------------
     def logits(self, ids, mask, n_response: int, reference: bool = False) -> torch.Tensor:
-        """Next-token logits at the positions that predict the last `n_response` tokens:
-        ids, mask (B, L) -> (B, n_response, V)."""
+        """Next-token logits / temperature at the positions that predict the last
+        `n_response` tokens: ids, mask (B, L) -> (B, n_response, V)."""
         if reference and self.peft is None:
             if self.reference is None:
                 raise RuntimeError("no reference model was loaded (kl_coeff = 0)")
@@ -161,7 +166,7 @@ class Roles(torch.nn.Module):
                         logits_to_keep=n_response + 1, use_cache=False)
         if reference:
             self._active = None  # re-enabling adapters reset requires_grad: redo on next use
-        return out.logits[:, :-1]
+        return out.logits[:, :-1] / self.temperature
 
     def values(self, ids, mask, n_response: int) -> torch.Tensor:
         """V(s_t) before each of the last `n_response` tokens: (B, L) -> (B, n_response)."""
@@ -184,8 +189,8 @@ class Roles(torch.nn.Module):
 
     @torch.no_grad()
     def sample(self, ids, mask, max_new_tokens: int, step: int = 0) -> torch.Tensor:
-        """Sample responses from the policy: temperature 1, no top-k / top-p, so the
-        sampler's logprobs are the policy's (PPO's old logprobs, as TRL reuses its
+        """Sample responses from the policy: softmax(logits / temperature), no top-k /
+        top-p, so the sampler's logprobs are the policy's (PPO's old logprobs, as TRL reuses its
         generation scores). KV-cached; stops when every row has produced EOS.
         (B, P) -> tokens (B, T <= max_new_tokens), padded with pad_token_id after EOS;
         their logprobs (B, T) and the entropy of each step's distribution (B, T)."""
@@ -198,7 +203,7 @@ class Roles(torch.nn.Module):
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         tokens, logprobs, entropy = [], [], []
         for _ in range(max_new_tokens):
-            logits = out.logits[:, -1].float()
+            logits = out.logits[:, -1].float() / self.temperature
             check_finite(step, **{"policy logits while sampling": logits})
             logp = torch.log_softmax(logits, -1)
             probs = logp.exp()
@@ -238,7 +243,8 @@ class Roles(torch.nn.Module):
 # -- building the roles ---------------------------------------------------------------------
 
 def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_reference: bool,
-                trust_remote_code: bool = False, dtype: torch.dtype = torch.float32) -> Roles:
+                trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
+                temperature: float = 1.0) -> Roles:
     """Load the base once and put every role on it (see the module docstring)."""
     from peft import get_peft_model
 
@@ -274,7 +280,7 @@ def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_refer
         if rtok.get_vocab() == tokenizer.get_vocab():
             rtok = tokenizer
     return Roles(lm, tokenizer, peft_model, value_head, info, reference, reward_model,
-                 reward_head, rtok)
+                 reward_head, rtok, temperature)
 
 
 def _attach_reward_adapter(peft_model, info: RewardInfo, name: str, hidden: int,
