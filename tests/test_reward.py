@@ -96,6 +96,53 @@ def test_scores_do_not_depend_on_padding(tiny_model_dir):
     assert torch.allclose(batched_right, alone, atol=1e-5)
 
 
+def test_pair_batch_layout_by_hand():
+    # Pair 0 shares [1, 2, 3]; pair 1 shares [4] and then differs; pair 2's chosen is a
+    # prefix of its rejected: each side keeps at least its last token.
+    pairs = reward_data.Pairs(chosen=[[1, 2, 3, 7], [4, 5], [6, 8]],
+                              rejected=[[1, 2, 3, 9, 9], [4, 6, 6], [6, 8, 8]])
+    b = reward_data.pair_batch(pairs, pad_id=0)
+    assert b["input_ids"].tolist() == [[1, 2, 3], [0, 0, 4], [0, 0, 6]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 1]]
+    assert b["suffix_ids"].tolist() == [[7, 0], [5, 0], [8, 0], [9, 9], [6, 6], [8, 8]]
+    assert b["suffix_mask"].tolist() == [[1, 0], [1, 0], [1, 0], [1, 1], [1, 1], [1, 1]]
+    # Nothing shared: no prefix batch (the caller scores the full sequences).
+    assert reward_data.pair_batch(reward_data.Pairs([[1, 2]], [[3, 2]]), 0) is None
+
+
+def test_shared_prefix_scores_and_gradients_equal_full_sequences(tiny_model_dir):
+    # Scoring the prompt once for both candidates (pair_scores) must give the scores and
+    # the gradient of scoring the two full sequences, on every architecture.
+    torch.manual_seed(0)
+    tok = models.load_tokenizer(str(tiny_model_dir))
+    model = reward.build_model(str(tiny_model_dir), tok, lora_dim=4)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))
+    records = [{"input_text": t, "candidate_0": a, "candidate_1": b, "choice": c}
+               for t, a, b, c in [("a post about my dog", "the dog", "my dog chewed it", 0),
+                                  ("hi", "ok then", "okay", 1),
+                                  ("a much longer post about rent and the landlord", "rent",
+                                   "rent is due and the landlord waits", 1)]]
+    pairs = reward_data.encode_pairs(tok, records, "Summarize.", 32, 16)
+    grads = []
+    for layout in ("full", "shared"):
+        model.zero_grad()
+        if layout == "full":
+            b = models.left_pad(pairs.chosen + pairs.rejected, tok.pad_token_id)
+        else:
+            b = reward_data.pair_batch(pairs, tok.pad_token_id)
+        scores = model(**b)
+        reward.bradley_terry_loss(scores[:3], scores[3:]).mean().backward()
+        grads.append((scores.detach(), [p.grad.clone() for p in model.parameters()
+                                        if p.grad is not None]))
+    (full, g_full), (shared, g_shared) = grads
+    assert full.std() > 0 and len(g_full) == len(g_shared) > 0
+    assert torch.allclose(shared, full, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(g_full, g_shared, strict=True))
+
+
 # -- data order and split ----------------------------------------------------------------------
 
 def test_every_epoch_visits_every_pair_once_and_ranks_split_the_batch():

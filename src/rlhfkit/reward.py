@@ -10,8 +10,10 @@ Loss (Bradley & Terry 1952; Ouyang et al. 2022 eq. 1; Vertex logs it as `rank_lo
     rank_loss = -log sigmoid(r(prompt, chosen) - r(prompt, rejected))
 
 Each optimizer step reads `batch_size` pairs (Vertex: 64) from a seeded per-epoch
-permutation, in micro-batches of `micro_batch_size` pairs whose gradients accumulate; the
-chosen and rejected sequences of a micro-batch go through ONE forward pass. Under
+permutation, in micro-batches of `micro_batch_size` pairs whose gradients accumulate; in
+each micro-batch the prompt a pair shares runs once and its chosen and rejected
+continuations run together (`reward_model.pair_scores`: the same scores and gradients as
+scoring both full sequences, ~1.4-1.5x faster on the demo models). Under
 `torchrun --nproc_per_node N` every process takes its 1/N slice of the same global batch
 and DDP averages the gradients, so the run is the same run on any number of processes.
 
@@ -43,7 +45,14 @@ import torch
 
 from rlhfkit import log, models, runstate, training
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.reward_data import Pairs, encode_pairs, global_batch, rank_slice, split_holdout
+from rlhfkit.reward_data import (
+    Pairs,
+    encode_pairs,
+    global_batch,
+    pair_batch,
+    rank_slice,
+    split_holdout,
+)
 from rlhfkit.reward_model import (  # noqa: F401 (re-exported: rlhfkit.reward.RewardScorer)
     META_FILE,
     RewardModel,
@@ -148,9 +157,10 @@ def load_data(cfg: RewardConfig) -> tuple[list[dict], list[dict], str]:
 
 
 def _score_pairs(model, pairs: Pairs, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected of every pair in ONE forward pass -> (r_chosen, r_rejected)."""
-    batch = models.left_pad(pairs.chosen + pairs.rejected, pad_id)
-    scores = model(batch["input_ids"].to(device), batch["attention_mask"].to(device))
+    """Chosen and rejected of every pair in one call -> (r_chosen, r_rejected): the prompt
+    they share runs once (`reward_model.pair_scores`), the two continuations together."""
+    batch = pair_batch(pairs, pad_id) or models.left_pad(pairs.chosen + pairs.rejected, pad_id)
+    scores = model(**{k: v.to(device) for k, v in batch.items()})
     return scores[:len(pairs)], scores[len(pairs):]
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from rlhfkit import models
 from rlhfkit.errors import RlhfkitError
@@ -125,6 +126,40 @@ def encode_pairs(tokenizer, records: list[dict], instruction: str | None,
     r_ids = encode_response_ids(tokenizer, rejected, target_sequence_length)
     return Pairs([p + c for p, c in zip(p_ids, c_ids, strict=True)],
                  [p + r for p, r in zip(p_ids, r_ids, strict=True)])
+
+
+def shared_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share, leaving each at least its last token."""
+    n, limit = 0, min(len(a), len(b)) - 1
+    while n < limit and a[n] == b[n]:
+        n += 1
+    return n
+
+
+def pair_batch(pairs: Pairs, pad_id: int) -> dict[str, torch.Tensor] | None:
+    """n pairs laid out so that each pair's shared prefix (its prompt, and any first tokens
+    both candidates share) goes through the model once (`reward_model.pair_scores`):
+
+    input_ids, attention_mask (n, P): the prefixes, left-padded;
+    suffix_ids, suffix_mask (2n, S): the rest of each sequence, right-padded; row i
+    continues prefix i (the chosen, i < n) or prefix i - n (the rejected).
+
+    None when some pair shares no prefix at all (then score the full sequences).
+    """
+    cut = [shared_prefix_length(c, r) for c, r in zip(pairs.chosen, pairs.rejected, strict=True)]
+    if not cut or min(cut) == 0:
+        return None
+    prefix = models.left_pad([c[:k] for c, k in zip(pairs.chosen, cut, strict=True)], pad_id)
+    tails = ([c[k:] for c, k in zip(pairs.chosen, cut, strict=True)]
+             + [r[k:] for r, k in zip(pairs.rejected, cut, strict=True)])
+    width = max(len(t) for t in tails)
+    suffix_ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((len(tails), width), dtype=torch.long)
+    for i, t in enumerate(tails):
+        suffix_ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
+        suffix_mask[i, :len(t)] = 1
+    return {"input_ids": prefix["input_ids"], "attention_mask": prefix["attention_mask"],
+            "suffix_ids": suffix_ids, "suffix_mask": suffix_mask}
 
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:

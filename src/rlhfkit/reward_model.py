@@ -45,6 +45,45 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     EOS. Position ids follow the attention mask, so a left-padded row gets the scores it
     would get alone.
     """
+    backbone, head = _backbone_and_head(model)
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids, use_cache=False).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]
+    return head(last).squeeze(-1).float()
+
+
+def pair_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                suffix_ids: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+    """Scores of the 2n sequences of `reward_data.pair_batch`: (n, P) left-padded prefixes
+    and (2n, S) right-padded suffixes -> (2n,), rows < n the chosen, the rest the rejected.
+
+    The prefix both candidates share (the prompt: ~80% of the tokens on the demo world)
+    runs once and its key/value cache serves both continuations, where scoring the two
+    full sequences (TRL's RewardTrainer) runs it twice. Scores and gradients are those of
+    `reward_scores` on the full sequences, because attention is causal: a prefix's states
+    never depend on what follows it (a test checks it on four architectures).
+    """
+    backbone, head = _backbone_and_head(model)
+    n = input_ids.shape[0]
+    positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    cache = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
+                     use_cache=True).past_key_values
+    cache.reorder_cache(torch.arange(n, device=input_ids.device).repeat(2))  # chosen, rejected
+    start = attention_mask.long().sum(-1).repeat(2)[:, None]  # real prefix tokens of each row
+    suffix_positions = start + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)
+    hidden = backbone(input_ids=suffix_ids,
+                      attention_mask=torch.cat([attention_mask.repeat(2, 1), suffix_mask], 1),
+                      position_ids=suffix_positions, past_key_values=cache,
+                      use_cache=True).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return head(hidden[rows, last_token_index(suffix_mask).to(hidden.device)]).squeeze(-1).float()
+
+
+def _backbone_and_head(model):
+    """(decoder backbone, score head) of a *ForSequenceClassification model, or of a peft
+    model wrapping one."""
     hf = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
     head = getattr(hf, "score", None)
@@ -52,12 +91,7 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
         raise RlhfkitError(f"{type(hf).__name__}: expected a backbone "
                            f"`{hf.base_model_prefix}` and a `score` head (a decoder-only "
                            "*ForSequenceClassification model)")
-    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids, use_cache=False).last_hidden_state
-    rows = torch.arange(hidden.shape[0], device=hidden.device)
-    last = hidden[rows, last_token_index(attention_mask).to(hidden.device)]
-    return head(last).squeeze(-1).float()
+    return backbone, head
 
 
 class RewardModel(torch.nn.Module):
@@ -68,8 +102,13 @@ class RewardModel(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return reward_scores(self.model, input_ids, attention_mask)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                suffix_ids: torch.Tensor | None = None,
+                suffix_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of a padded batch; with suffix_ids, of a `pair_batch` (see pair_scores)."""
+        if suffix_ids is None:
+            return reward_scores(self.model, input_ids, attention_mask)
+        return pair_scores(self.model, input_ids, attention_mask, suffix_ids, suffix_mask)
 
 
 @contextlib.contextmanager
