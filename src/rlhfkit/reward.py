@@ -337,7 +337,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
              f"{total} steps of {cfg.batch_size} pairs on {world} process(es), "
              f"lr {cfg.learning_rate:g}")
 
-    tb = training.TensorBoard(logs_dir)
+    tb = training.TensorBoard(logs_dir, purge_step=start + 1)  # hide what a killed run logged
     eval_every = cfg.eval_every_steps or math.ceil(total / EVALS_PER_RUN)
     metrics: dict[str, float] = {}
     t0 = time.monotonic()
