@@ -89,6 +89,7 @@ def test_run_end_to_end_then_rerun_skips_everything(world):
     assert (run / "comparison.csv").is_file() and (run / "report.html").is_file()
     assert "== summary ==" in proc.stderr and "report:" in proc.stderr
     assert "mean gold score: base " in proc.stderr  # the tiny world is a demo world
+    assert "noise ceiling of the labels" in proc.stderr and "agrees with" in proc.stderr
 
     before = stage_markers(run)
     again = rlhfkit("run", str(params), "--output-dir", str(run))

@@ -200,15 +200,19 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
     return "n/a" if x is None else format(x, spec)
 
 
-def noise_ceiling(params: PipelineParams) -> float | None:
-    """The demo world's label-noise ceiling, when the data came from `rlhfkit demo data`."""
+def noise_ceiling(params: PipelineParams) -> tuple[float, float | None] | None:
+    """The demo world's label-noise ceiling (the best EXPECTED accuracy of any reward model)
+    and how often the noiseless gold preference agrees with the realised labels, when the
+    data came from `rlhfkit demo data`; None otherwise."""
     spec = params.eval_dataset or params.preference_dataset
     world = Path(spec).parent / "world.json" if "://" not in spec else None
     if world is None or not world.is_file():
         return None
     info = json.loads(world.read_text())
-    key = "noise_ceiling_eval" if params.eval_dataset else "noise_ceiling_preference"
-    return info.get(key)
+    part = "eval" if params.eval_dataset else "preference"
+    if info.get(f"noise_ceiling_{part}") is None:
+        return None
+    return info[f"noise_ceiling_{part}"], info.get(f"agreement_{part}")
 
 
 def verdict(c: dict, prefix: str) -> str:
@@ -230,8 +234,11 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
     acc = out.reward.get("eval_accuracy")
     ceiling = noise_ceiling(params)
     lines.append(f"reward model: held-out accuracy {_fmt(acc)}"
-                 + (f" (noise ceiling of the labels {ceiling:.3f})" if ceiling else "")
+                 + (f" (noise ceiling of the labels {ceiling[0]:.3f})" if ceiling else "")
                  + f" on {out.reward.get('eval_source', 'held-out pairs')}")
+    if ceiling and ceiling[1] is not None:  # a few hundred labels are a noisy yardstick
+        lines.append(f"  (the ceiling is an expectation: the noiseless gold preference itself "
+                     f"agrees with {ceiling[1]:.3f} of these labels)")
     if out.policy:
         lines.append(f"policy: {out.policy.get('steps', '?')} PPO steps, final KL to the "
                      f"base {_fmt(out.policy.get('final_kl'))} nats, final reward "
