@@ -158,7 +158,7 @@ def demo_data(
 def demo_model(
     output_dir: Annotated[str, typer.Argument(help="Directory to write the model to.")],
     preset: Annotated[str, typer.Option(
-        help="demo (~1M parameters, ~2 min), tiny (seconds, tests) or bench-3m.")] = "demo",
+        help="demo (~1M parameters, ~4 min on 2 cores), tiny (seconds, tests) or bench-3m.")] = "demo",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     steps: Annotated[Optional[int], typer.Option(  # noqa: UP045 (typer needs Optional)
         help="Pretraining steps (default: the preset's).")] = None,
