@@ -90,6 +90,9 @@ def test_run_end_to_end_then_rerun_skips_everything(world):
     assert "== summary ==" in proc.stderr and "report:" in proc.stderr
     assert "mean gold score: base " in proc.stderr  # the tiny world is a demo world
     assert "noise ceiling of the labels" in proc.stderr and "agrees with" in proc.stderr
+    assert "expected accuracy over the label noise" in proc.stderr
+    meta = json.loads((run / "reward_model" / "rlhfkit.json").read_text())
+    assert 0 < meta["eval_expected_accuracy"] < 1
 
     before = stage_markers(run)
     again = rlhfkit("run", str(params), "--output-dir", str(run))

@@ -239,6 +239,10 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
     if ceiling and ceiling[1] is not None:  # a few hundred labels are a noisy yardstick
         lines.append(f"  (the ceiling is an expectation: the noiseless gold preference itself "
                      f"agrees with {ceiling[1]:.3f} of these labels)")
+    expected = out.reward.get("eval_expected_accuracy")
+    if expected is not None:
+        lines.append(f"  expected accuracy over the label noise {expected:.3f}, "
+                     "in the ceiling's units")
     if out.policy:
         lines.append(f"policy: {out.policy.get('steps', '?')} PPO steps, final KL to the "
                      f"base {_fmt(out.policy.get('final_kl'))} nats, final reward "

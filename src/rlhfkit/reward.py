@@ -362,6 +362,9 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
                 position = divmod(step * cfg.batch_size, len(train))
                 save_checkpoint(stage_dir, step, raw, optimizer, scheduler, position, h)
 
+    expected = _demo_expected_accuracy(raw, tokenizer, eval_recs, cfg, accelerator.device)
+    tb.scalars(expected, total)
+    metrics.update(expected)
     meta = _metadata(cfg, base, h, metrics, eval_source, len(train), len(held))
     tb.hparams({**cfg.weights_key(), "base_model": base, "learning_rate": cfg.learning_rate},
                {"hparam/eval_accuracy": meta["eval_accuracy"],
@@ -374,6 +377,26 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     return _outputs(stage_dir, logs_dir, meta, skipped=False, start=start)
 
 
+@torch.no_grad()
+def _demo_expected_accuracy(model: RewardModel, tokenizer, records: list[dict],
+                            cfg: RewardConfig, device) -> dict[str, float]:
+    """On demo-world held-out pairs, the accuracy in expectation over the label noise
+    (`demo.world.expected_accuracy`, the units of the noise ceiling); {} elsewhere."""
+    from rlhfkit.demo import world
+
+    if not records or not all(world.is_demo_record(r) for r in records):
+        return {}
+    pairs = encode_pairs(tokenizer, records, cfg.instruction, cfg.prompt_sequence_length,
+                         cfg.target_sequence_length)
+    margins: list[float] = []
+    step = cfg.micro_batch_size or cfg.batch_size
+    for start in range(0, len(pairs), step):
+        c, r = _score_pairs(model, pairs.subset(range(start, min(start + step, len(pairs)))),
+                            tokenizer.pad_token_id, device)
+        margins += (c - r).tolist()
+    return {"eval/expected_accuracy": world.expected_accuracy(records, margins)}
+
+
 def _metadata(cfg: RewardConfig, base: str, h: str, metrics: dict[str, float],
               eval_source: str, n_train: int, n_held: int) -> dict[str, Any]:
     """RUN/reward_model/rlhfkit.json: what a reader needs to load and use the model."""
@@ -383,6 +406,7 @@ def _metadata(cfg: RewardConfig, base: str, h: str, metrics: dict[str, float],
             "target_sequence_length": cfg.target_sequence_length, "append_eos": True,
             "eval_accuracy": metrics["eval/accuracy"],
             "eval_rank_loss": metrics["eval/rank_loss"], "eval_source": eval_source,
+            "eval_expected_accuracy": metrics.get("eval/expected_accuracy"),
             "eval_pairs": n_held, "train_pairs": n_train,
             "steps": cfg.reward_model_train_steps, "batch_size": cfg.batch_size,
             "learning_rate": cfg.learning_rate, "seed": cfg.seed, "config_hash": h}
@@ -430,4 +454,5 @@ def _outputs(stage_dir: Path, logs_dir: Path, meta: dict, skipped: bool,
     return {"reward_model_dir": str(stage_dir), "logs_dir": str(logs_dir),
             "resumed_from_step": start,
             "eval_accuracy": meta["eval_accuracy"], "eval_rank_loss": meta["eval_rank_loss"],
+            "eval_expected_accuracy": meta.get("eval_expected_accuracy"),
             "eval_source": meta["eval_source"], "steps": meta["steps"], "skipped": skipped}
