@@ -57,10 +57,11 @@ PRESETS = {
                    vocab_size=1024, steps=4, batch_size=2, learning_rate=3e-3,
                    tokenizer_posts=200, check_prompts=4, summaries_per_post=2),
     # the demo's foundation model: ~1M parameters, pretraining ~4 minutes on 2 cores.
-    # 800 steps, not fewer: after 400 (loss 0.90) greedy summaries scored -0.75 by the gold
-    # annotator and temperature-1 samples -2.9, too noisy for PPO to improve the greedy
-    # output (gold win rate 0.56); after 800 (loss 0.52) 0.68 and -0.39, and 40 PPO steps
-    # raise greedy gold from 0.07 to 2.3 on the eval prompts (docs/rl.md).
+    # 800 steps, not fewer: after 400 (loss 0.90) greedy summaries of the eval prompts
+    # scored -0.75 by the gold annotator and temperature-1 samples ~-3.4, too far apart for
+    # PPO to improve the greedy output (gold win rate 0.50-0.59 in every setting tried);
+    # after 800 (loss 0.52) 0.08 and -0.60, and 40 PPO steps raise greedy gold by +1.2 to
+    # +2.3 in six of seven runs (docs/rl.md, "Results on the demo world").
     "demo": Preset(hidden_size=128, num_layers=4, num_heads=4, intermediate_size=352,
                    vocab_size=1536, steps=800, batch_size=8, learning_rate=3e-3),
     # ~3M parameters, for benchmarks
