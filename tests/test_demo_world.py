@@ -273,24 +273,3 @@ def test_pairs_mostly_differ_in_quality(default_world):
     median = gaps[len(gaps) // 2]
     assert 0.5 < median < 3.0
     assert sum(gap < 0.3 for gap in gaps) / len(gaps) > 0.05
-
-
-def test_expected_accuracy_by_construction():
-    # A model that ranks every pair like the noiseless gold preference picks the likelier
-    # label of each pair: its expected accuracy IS the noise ceiling. The reverse model
-    # gets the rest (1 - ceiling, minus gold ties, which it cannot get right either way),
-    # and a constant model (every margin 0) scores 0, like the accuracy.
-    records = w.generate(w.Config("-", seed=3, preference_size=0, prompt_size=0,
-                                  eval_size=60))["eval"]
-    gold = [(w.gold_score(r, r["candidate_0"]), w.gold_score(r, r["candidate_1"]))
-            for r in records]
-    # margin = r(chosen) - r(rejected), chosen = candidate_{choice}
-    margins = [(g1 - g0) if r["choice"] == 1 else (g0 - g1)
-               for r, (g0, g1) in zip(records, gold, strict=True)]
-    probs = [w.label_probability(g0, g1) for g0, g1 in gold]
-    ceiling = w.noise_ceiling(probs)
-    ties = sum(0.5 for g0, g1 in gold if g0 == g1) / len(records)
-    assert w.expected_accuracy(records, margins) == pytest.approx(ceiling - ties)
-    assert w.expected_accuracy(records, [-m for m in margins]) == pytest.approx(
-        1 - ceiling - ties)
-    assert w.expected_accuracy(records, [0.0] * len(records)) == 0.0

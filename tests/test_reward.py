@@ -38,6 +38,34 @@ def test_bradley_terry_loss_by_hand():
     assert reward.pair_accuracy(r_chosen, r_rejected).tolist() == [1.0, 0.0, 0.0]
 
 
+def test_expected_agreement_by_hand():
+    # The label agrees with the model's pick with probability q if the model prefers the
+    # chosen candidate, 1 - q if it prefers the rejected one; a tie counts as wrong.
+    q = torch.tensor([0.8, 0.3, 0.6])
+    got = reward.expected_agreement(torch.tensor([1.0, -1.0, 0.5]),
+                                    torch.tensor([0.0, 0.0, 0.5]), q)
+    assert torch.allclose(got, torch.tensor([0.8, 0.7, 0.0]))
+
+
+def test_expected_accuracy_of_the_noiseless_judge_is_the_noise_ceiling():
+    # Ranking every demo pair like the noiseless gold preference picks the likelier label
+    # of each pair, so its expected accuracy IS the noise ceiling (minus half a point per
+    # gold tie, which it cannot get right); ranking them the other way gets the rest.
+    from rlhfkit.demo import world as w
+
+    records = w.generate(w.Config("-", seed=3, preference_size=0, prompt_size=0,
+                                  eval_size=60))["eval"]
+    gold = torch.tensor([[w.gold_score(r, r[f"candidate_{r['choice']}"]),
+                          w.gold_score(r, r[f"candidate_{1 - r['choice']}"])] for r in records])
+    q = torch.tensor([w.chosen_probability(r) for r in records], dtype=torch.float64)
+    ceiling = w.noise_ceiling([w.label_probability(g0, g1) for g0, g1 in gold.tolist()])
+    ties = 0.5 * (gold[:, 0] == gold[:, 1]).double().mean().item()
+    mean = reward.expected_agreement(gold[:, 0], gold[:, 1], q).mean().item()
+    assert mean == pytest.approx(ceiling - ties)
+    reverse = reward.expected_agreement(gold[:, 1], gold[:, 0], q).mean().item()
+    assert reverse == pytest.approx(1 - ceiling - ties)
+
+
 def test_last_token_index_any_padding_side():
     mask = torch.tensor([[0, 0, 1, 1, 1],    # left-padded
                          [1, 1, 1, 0, 0],    # right-padded

@@ -141,6 +141,17 @@ def pair_accuracy(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> torch.Ten
 
 # -- training -------------------------------------------------------------------------------
 
+def expected_agreement(r_chosen: torch.Tensor, r_rejected: torch.Tensor,
+                       chosen_prob: torch.Tensor) -> torch.Tensor:
+    """Per pair (B,): the probability that the label agrees with the model's pick, given
+    the probability `chosen_prob` that a labeller prefers the chosen candidate; 0 on a tie
+    (a tie counts as wrong, as in `pair_accuracy`). Its mean is the accuracy in
+    expectation over the label noise, the units of the demo world's noise ceiling."""
+    margin = r_chosen - r_rejected
+    return torch.where(margin > 0, chosen_prob,
+                       torch.where(margin < 0, 1 - chosen_prob, torch.zeros_like(chosen_prob)))
+
+
 def load_data(cfg: RewardConfig) -> tuple[list[dict], list[dict], str]:
     """(train records, held-out records, where the held-out pairs come from)."""
     from rlhfkit.data import has_preferences, load_dataset
@@ -194,22 +205,28 @@ def train_step(model, optimizer, scheduler, accelerator, pairs: Pairs, micro: in
 @torch.no_grad()
 def evaluate(model: RewardModel, pairs: Pairs, pad_id: int, accelerator,
              batch_pairs: int) -> dict[str, float]:
-    """Held-out rank_loss, accuracy and reward statistics; each process scores every
-    N-th pair and the sums are added up over processes."""
+    """Held-out rank_loss, accuracy and reward statistics (and the expected accuracy when
+    the pairs carry `chosen_prob`); each process scores every N-th pair and the sums are
+    added up over processes."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(pairs), world))
-    sums = torch.zeros(5, dtype=torch.float64)  # loss, correct, margin, reward, pairs
+    sums = torch.zeros(6, dtype=torch.float64)  # loss, correct, margin, reward, pairs, expected
     for start in range(0, len(mine), batch_pairs):
-        c, r = _score_pairs(model, pairs.subset(mine[start:start + batch_pairs]), pad_id,
-                            accelerator.device)
+        part = pairs.subset(mine[start:start + batch_pairs])
+        c, r = _score_pairs(model, part, pad_id, accelerator.device)
+        expected = (0.0 if part.chosen_prob is None else expected_agreement(
+            c, r, torch.tensor(part.chosen_prob, device=c.device)).sum().item())
         sums += torch.tensor([bradley_terry_loss(c, r).sum().item(),
                               pair_accuracy(c, r).sum().item(), (c - r).sum().item(),
-                              (c + r).sum().item() / 2, len(c)], dtype=torch.float64)
+                              (c + r).sum().item() / 2, len(c), expected], dtype=torch.float64)
     if world > 1:
         sums = accelerator.reduce(sums.to(accelerator.device), reduction="sum").cpu()
-    loss, correct, margin, reward, count = sums.tolist()
-    return {"eval/rank_loss": loss / count, "eval/accuracy": correct / count,
-            "eval/reward_margin": margin / count, "eval/reward_mean": reward / count}
+    loss, correct, margin, reward, count, expected = sums.tolist()
+    out = {"eval/rank_loss": loss / count, "eval/accuracy": correct / count,
+           "eval/reward_margin": margin / count, "eval/reward_mean": reward / count}
+    if pairs.chosen_prob is not None:
+        out["eval/expected_accuracy"] = expected / count
+    return out
 
 
 def _by_length(pairs: Pairs) -> Pairs:
@@ -322,7 +339,9 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
                         models.pick_dtype(accelerator.device))
     lengths = (cfg.prompt_sequence_length, cfg.target_sequence_length)
     train = encode_pairs(tokenizer, train_recs, cfg.instruction, *lengths)
-    held = _by_length(encode_pairs(tokenizer, eval_recs, cfg.instruction, *lengths))
+    held = encode_pairs(tokenizer, eval_recs, cfg.instruction, *lengths)
+    held.chosen_prob = _demo_chosen_prob(eval_recs)
+    held = _by_length(held)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.learning_rate, weight_decay=WEIGHT_DECAY)
     scheduler = training.warmup_decay_schedule(optimizer, total)
@@ -362,9 +381,6 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
                 position = divmod(step * cfg.batch_size, len(train))
                 save_checkpoint(stage_dir, step, raw, optimizer, scheduler, position, h)
 
-    expected = _demo_expected_accuracy(raw, tokenizer, eval_recs, cfg, accelerator.device)
-    tb.scalars(expected, total)
-    metrics.update(expected)
     meta = _metadata(cfg, base, h, metrics, eval_source, len(train), len(held))
     tb.hparams({**cfg.weights_key(), "base_model": base, "learning_rate": cfg.learning_rate},
                {"hparam/eval_accuracy": meta["eval_accuracy"],
@@ -377,24 +393,14 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     return _outputs(stage_dir, logs_dir, meta, skipped=False, start=start)
 
 
-@torch.no_grad()
-def _demo_expected_accuracy(model: RewardModel, tokenizer, records: list[dict],
-                            cfg: RewardConfig, device) -> dict[str, float]:
-    """On demo-world held-out pairs, the accuracy in expectation over the label noise
-    (`demo.world.expected_accuracy`, the units of the noise ceiling); {} elsewhere."""
+def _demo_chosen_prob(records: list[dict]) -> list[float] | None:
+    """For demo-world held-out pairs, each label's probability (for the expected
+    accuracy, the noise ceiling's units); None for any other data."""
     from rlhfkit.demo import world
 
     if not records or not all(world.is_demo_record(r) for r in records):
-        return {}
-    pairs = encode_pairs(tokenizer, records, cfg.instruction, cfg.prompt_sequence_length,
-                         cfg.target_sequence_length)
-    margins: list[float] = []
-    step = cfg.micro_batch_size or cfg.batch_size
-    for start in range(0, len(pairs), step):
-        c, r = _score_pairs(model, pairs.subset(range(start, min(start + step, len(pairs)))),
-                            tokenizer.pad_token_id, device)
-        margins += (c - r).tolist()
-    return {"eval/expected_accuracy": world.expected_accuracy(records, margins)}
+        return None
+    return [world.chosen_probability(r) for r in records]
 
 
 def _metadata(cfg: RewardConfig, base: str, h: str, metrics: dict[str, float],

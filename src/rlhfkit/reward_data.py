@@ -97,16 +97,22 @@ def _strip_bos_text(tokenizer, text: str) -> str:
 
 @dataclass
 class Pairs:
-    """Tokenized preference pairs: `chosen[i]` and `rejected[i]` share record i's prompt."""
+    """Tokenized preference pairs: `chosen[i]` and `rejected[i]` share record i's prompt.
+    `chosen_prob[i]`, when known (demo world), is the probability that a labeller prefers
+    the chosen candidate (`demo.world.chosen_probability`)."""
 
     chosen: list[list[int]]
     rejected: list[list[int]]
+    chosen_prob: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.chosen)
 
     def subset(self, indices) -> Pairs:
-        return Pairs([self.chosen[i] for i in indices], [self.rejected[i] for i in indices])
+        indices = list(indices)
+        prob = None if self.chosen_prob is None else [self.chosen_prob[i] for i in indices]
+        return Pairs([self.chosen[i] for i in indices], [self.rejected[i] for i in indices],
+                     prob)
 
 
 def encode_pairs(tokenizer, records: list[dict], instruction: str | None,

@@ -269,20 +269,12 @@ def noise_ceiling(probabilities: list[float]) -> float:
     return sum(max(p, 1 - p) for p in probabilities) / max(len(probabilities), 1)
 
 
-def expected_accuracy(records: list[dict], margins: list[float]) -> float:
-    """A reward model's held-out accuracy in expectation over the labellers' noise, in the
-    units of `noise_ceiling`: pair i's label agrees with the model's pick with probability
-    p_i (candidate_1 picked) or 1 - p_i. A few hundred realised labels scatter by ~3 points
-    around this; it does not. `margins[i]` = r(chosen) - r(rejected), chosen being
-    candidate_{choice}; a tie counts as wrong, as in the accuracy."""
-    total = 0.0
-    for r, m in zip(records, margins, strict=True):
-        if m == 0:
-            continue
-        p1 = label_probability(gold_score(r, r["candidate_0"]), gold_score(r, r["candidate_1"]))
-        pick = r["choice"] if m > 0 else 1 - r["choice"]
-        total += p1 if pick == 1 else 1 - p1
-    return total / max(len(records), 1)
+def chosen_probability(record: dict) -> float:
+    """P(a labeller prefers the record's chosen candidate, candidate_{choice}): what a
+    reward model's expected accuracy is computed from (`reward.expected_agreement`)."""
+    p1 = label_probability(gold_score(record, record["candidate_0"]),
+                           gold_score(record, record["candidate_1"]))
+    return p1 if record["choice"] == 1 else 1.0 - p1
 
 
 # -- preference pairs --------------------------------------------------------------------
