@@ -333,3 +333,47 @@ def test_gold_scores_on_the_real_demo_world(tmp_path):
     assert s["mean_gold_tuned"] == pytest.approx(np.mean([g for _, g in expected]))
     assert s["gold_win_rate_ci_low"] <= s["gold_win_rate"] <= s["gold_win_rate_ci_high"]
     assert s["n_word_limit"] == 6  # "less than 25 words" parsed from the demo instruction
+
+
+# -- hostile model output (issue 9 §4) -----------------------------------------------------
+
+HOSTILE = ["=HYPERLINK(\"https://evil.example\",\"x\")", "+1+2", "-2+3", "@SUM(A1)",
+           "\tleading tab", "\rleading CR"]
+
+
+def test_csv_cells_that_start_a_formula_are_neutralised(tmp_path):
+    prompts = [f"{INSTRUCTION}\n\n\npost {i}" for i in range(len(HOSTILE))] + ["=1+1"]
+    tuned = [line(p, h) for p, h in zip(prompts, HOSTILE + ["fine"], strict=True)]
+    untuned = [line(p, "plain") for p in prompts]
+    res = CliRunner().invoke(app, ["compare", "--tuned", write_jsonl(tmp_path / "t.jsonl", tuned),
+                                   "--untuned", write_jsonl(tmp_path / "u.jsonl", untuned),
+                                   "--out-dir", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "comparison.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    # OWASP: a leading ' makes the spreadsheet show the cell as text
+    assert [r["tuned_model"] for r in rows] == ["'" + h for h in HOSTILE] + ["fine"]
+    assert rows[-1]["prompt"] == "'=1+1" and rows[0]["base_model"] == "plain"
+    assert compare.csv_safe(-1.5) == -1.5  # numbers are data, not formulas
+
+
+def test_terminal_prints_model_text_literally():
+    from rich.console import Console
+
+    texts = ["oops [/bold] closing tag", "[link=https://evil.example]click me[/link]",
+             "osc \x1b]8;;https://evil.example\x1b\\link\x1b]8;;\x1b\\ and \x1b[31mred\x07",
+             "bidi \u202eabc"]
+    df = pd.DataFrame({"prompt": [f"{INSTRUCTION}\n\n\npost [bold]{i}" for i in range(4)],
+                       "base_model": ["base"] * 4, "tuned_model": texts})
+    for who in ("base", "tuned"):
+        df[f"{who}_words"] = df[f"{who}_model"].map(compare.word_count)
+    console = Console(file=io.StringIO(), width=400, force_terminal=True, color_system=None)
+    compare.print_table(df, {"n": 4, **dict.fromkeys([
+        "win_rate", "gold_win_rate", "within_limit_rate_base", "mean_rouge_l_base"]),
+        "mean_words_base": 1.0, "mean_words_tuned": 3.0}, console=console)
+    out = console.file.getvalue()
+    assert "oops [/bold] closing tag" in out and "post [bold]0" in out
+    assert "[link=https://evil.example]click me[/link]" in out  # shown, not a hyperlink
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+    assert "osc \\x1b]8;;https://evil.example\\x1b\\link" in out and "\\x1b[31mred\\x07" in out
+    assert "bidi \\u202eabc" in out

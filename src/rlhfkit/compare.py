@@ -23,6 +23,7 @@ self-contained `report.html` (see rlhfkit.report) with the run's training curves
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,6 +365,43 @@ def _add_gold(df: pd.DataFrame, matched: list[dict | None]) -> None:
 
 # -- output ------------------------------------------------------------------------------
 
+# Spreadsheets run a cell that starts with one of these as a formula (CSV injection):
+# OWASP's advice is to prefix such cells with a single quote, which shows as text.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+# Unicode format characters that reorder or hide text in a terminal (bidi overrides and
+# isolates, "Trojan Source", Boucher & Anderson 2021); shown escaped like control chars.
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                  "\u2066\u2067\u2068\u2069")
+
+
+def csv_safe(value):
+    """A text cell a spreadsheet cannot run: `'` before a leading = + - @ tab or CR."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+def csv_safe_frame(df: pd.DataFrame) -> pd.DataFrame:
+    """The table with every text cell neutralised (numbers stay numbers: -1.5 is data)."""
+    out = df.copy()
+    for col in out.columns:
+        if pd.api.types.is_object_dtype(out[col]) or pd.api.types.is_string_dtype(out[col]):
+            out[col] = out[col].map(csv_safe)
+    return out
+
+
+def visible(text: str) -> str:
+    """Model text made safe for a terminal: control characters (ESC of ANSI colour and
+    OSC hyperlink sequences, BEL, backspace, CR...) and bidi overrides are written as
+    escapes (`\\x1b`, `\\u202e`) instead of acting on the terminal. Print the result
+    as rich `Text` (never as markup) so `[/bold]` or `[link=...]` stay literal."""
+    def esc(ch: str) -> str:
+        if ch in _BIDI or (unicodedata.category(ch) == "Cc" and ch not in "\n"):
+            return f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"
+        return ch
+    return "".join(esc(ch) for ch in str(text))
+
+
 def _short(text: str, width: int = TABLE_TEXT_CHARS) -> str:
     text = " ".join(str(text).split())
     return text if len(text) <= width else text[: width - 1] + "…"
@@ -409,6 +447,7 @@ def print_table(df: pd.DataFrame, summary: dict, console=None,
     """The side-by-side table (first rows, texts truncated) and the aggregates, with rich."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     table = Table(show_lines=True, title="tuned vs base")
@@ -421,15 +460,16 @@ def print_table(df: pd.DataFrame, summary: dict, console=None,
         table.add_column(f"{c}\nbase/tuned", justify="right")
     for i, row in enumerate(df.head(max_rows).itertuples(index=False), start=1):
         r = row._asdict()
-        cells = [str(i), _short(_post(r["prompt"])), _short(r["base_model"]),
-                 _short(r["tuned_model"]), f"{r['base_words']}/{r['tuned_words']}"]
+        texts = [_post(r["prompt"]), r["base_model"], r["tuned_model"]]
+        cells = [str(i), *(Text(visible(_short(t))) for t in texts),
+                 f"{r['base_words']}/{r['tuned_words']}"]
         cells += [f"{r[f'base_{c}']:.3f}/{r[f'tuned_{c}']:.3f}" for c in extra]
         table.add_row(*cells, style=None)
     console.print(table)
     if len(df) > max_rows:
         console.print(f"... {len(df) - max_rows} more rows in {CSV_FILE} and {REPORT_FILE}")
     for line in format_summary(summary):
-        console.print(line, markup=False, highlight=False)
+        console.print(Text(visible(line)), highlight=False)
 
 
 def run(cfg: Config, scorer=None) -> Comparison:
@@ -448,7 +488,9 @@ def run(cfg: Config, scorer=None) -> Comparison:
     if cfg.out_dir is not None:
         out = Path(cfg.out_dir)
         result.csv_path = out / CSV_FILE
-        atomic_write_text(result.csv_path, df.to_csv(index=False))
+        # CRLF rows (RFC 4180): the csv writer then quotes any cell holding a CR
+        atomic_write_text(result.csv_path,
+                          csv_safe_frame(df).to_csv(index=False, lineterminator="\r\n"))
         curves = report.read_run_curves(cfg.run_dir or str(Path(cfg.tuned).parent))
         html = report.render(df, summary, result.notices, curves,
                              title=f"rlhfkit: tuned vs base ({out.name or out.resolve().name})",
