@@ -377,3 +377,32 @@ def test_terminal_prints_model_text_literally():
     assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
     assert "osc \\x1b]8;;https://evil.example\\x1b\\link" in out and "\\x1b[31mred\\x07" in out
     assert "bidi \\u202eabc" in out
+
+
+# -- the reward-model tie threshold --------------------------------------------------------
+
+def test_reward_tie_threshold_counts_small_differences_as_ties():
+    df = pd.DataFrame({"base_model": list("abcde"), "tuned_model": list("vwxyz"),
+                       "base_words": [1] * 5, "tuned_words": [1] * 5,
+                       "base_reward": [0.0] * 5,
+                       "tuned_reward": [0.05, -0.08, 0.1, 0.5, -2.0]})
+    df["reward_diff"] = df["tuned_reward"] - df["base_reward"]
+    s = compare.summarize(df, tie_threshold=0.1)
+    # |d| <= 0.1: 0.05, -0.08, 0.1 tie; 0.5 wins; -2 loses -> (3 * 0.5 + 1) / 5 = 0.5
+    assert (s["reward_wins"], s["reward_ties"], s["reward_losses"]) == (1, 3, 1)
+    assert s["win_rate"] == pytest.approx(0.5) and s["reward_tie_threshold"] == 0.1
+    # strict: 0.05, 0.1, 0.5 win; -0.08, -2 lose -> 3 / 5
+    assert (s["reward_wins_strict"], s["reward_ties_strict"], s["reward_losses_strict"]) == \
+        (3, 0, 2)
+    assert s["win_rate_strict"] == pytest.approx(0.6)
+    assert "a tie when |score difference| <= 0.1" in "\n".join(compare.format_summary(s))
+
+
+def test_reward_tie_threshold_from_params_and_cli(tmp_path, course_samples):
+    run = _make_run(course_samples, tmp_path)
+    (run / "params.json").write_text(json.dumps({"reward_tie_threshold": 0.25}))
+    assert compare.Config.for_run(run).reward_tie_threshold == 0.25
+    assert compare.Config.for_run(run, reward_tie_threshold=0.0).reward_tie_threshold == 0.0
+    res = CliRunner().invoke(app, ["compare", str(run), "--json", "--reward-tie-threshold", "-1"])
+    assert res.exit_code != 0 and "reward_tie_threshold must be a finite number >= 0" in str(
+        res.exception)

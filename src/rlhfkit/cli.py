@@ -24,6 +24,9 @@ demo_app = typer.Typer(help="The offline demo world: synthetic data and a small 
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(demo_app, name="demo")
+from rlhfkit.cli_label import label_app  # noqa: E402 (the label sub-app, its own module)
+
+app.add_typer(label_app, name="label")
 
 
 def _version(value: bool) -> None:

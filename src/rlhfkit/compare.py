@@ -38,6 +38,7 @@ from rlhfkit.compare_metrics import (  # noqa: F401 (re-exported for Python user
     CI_LEVEL,
     TIE,
     bootstrap_ci,
+    counts,
     lcs_length,
     outcomes,
     parse_word_limit,
@@ -49,6 +50,7 @@ from rlhfkit.compare_metrics import (  # noqa: F401 (re-exported for Python user
 from rlhfkit.data import INSTRUCTION_SEPARATOR
 from rlhfkit.errors import DataError, RlhfkitError
 from rlhfkit.io import atomic_write_text, read_bytes
+from rlhfkit.params import PipelineParams
 
 TABLE_TEXT_CHARS = 70  # characters of each text shown in the terminal table
 TABLE_MAX_ROWS = 20  # rows shown in the terminal; every row is in the CSV and the report
@@ -56,6 +58,7 @@ MAX_NOTICES_SHOWN = 10  # per kind of mismatch; the rest are counted
 TUNED_FILE, UNTUNED_FILE = "eval_results_tuned.jsonl", "eval_results_untuned.jsonl"
 REWARD_MODEL_DIR, PARAMS_FILE = "reward_model", "params.json"
 CSV_FILE, REPORT_FILE = "comparison.csv", "report.html"
+DEFAULT_TIE_THRESHOLD = PipelineParams.reward_tie_threshold  # declared (and explained) there
 RESULT_SHAPE = ('{"inputs": {"inputs_pretokenized": ..., "targets_pretokenized": ...}, '
                 '"prediction": ...}')
 
@@ -68,6 +71,8 @@ class Config:
     eval_dataset: str | None = None  # eval records (targets, demo-world gold facts)
     out_dir: str | None = None  # where comparison.csv and report.html go; None: none written
     run_dir: str | None = None  # holds reward-logs/, reinforcer-logs/; None: tuned's dir
+    reward_tie_threshold: float = DEFAULT_TIE_THRESHOLD  # |reward diff| <= this: a tie
+    human: str | None = None  # preference JSONL labelled on `rlhfkit label` pairs
 
     @classmethod
     def for_run(cls, run_dir: str | Path, **overrides) -> Config:
@@ -85,6 +90,7 @@ class Config:
         if (run / REWARD_MODEL_DIR).is_dir():
             cfg.reward_model = str(run / REWARD_MODEL_DIR)
         cfg.eval_dataset = _eval_dataset_of_run(run)
+        cfg.reward_tie_threshold = _tie_threshold_of_run(run)
         for key, value in overrides.items():
             if value is not None:
                 setattr(cfg, key, value)
@@ -118,6 +124,26 @@ def _eval_dataset_of_run(run: Path) -> str | None:
     log.notice(f"{params}: eval_dataset {spec} not found; comparing without it "
                "(pass --eval for targets and demo-world gold scores)")
     return None
+
+
+def _tie_threshold_of_run(run: Path) -> float:
+    """params.json's reward_tie_threshold (checked like any parameter), else the default."""
+    try:
+        values = json.loads((run / PARAMS_FILE).read_text(encoding="utf-8"))
+        values = values.get("parameter_values", values)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return DEFAULT_TIE_THRESHOLD
+    value = values.get("reward_tie_threshold", DEFAULT_TIE_THRESHOLD)
+    return check_tie_threshold(value, f"{run / PARAMS_FILE}: reward_tie_threshold")
+
+
+def check_tie_threshold(value, where: str = "reward_tie_threshold") -> float:
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not math.isfinite(value) or value < 0:
+        raise RlhfkitError(f"{where} must be a finite number >= 0, got {value!r}")
+    return float(value)
 
 
 # -- reading bulk-inference output -------------------------------------------------------
@@ -212,26 +238,41 @@ def _mean(df: pd.DataFrame, col: str) -> float | None:
     return float(df[col].astype(float).mean())
 
 
-def summarize(df: pd.DataFrame) -> dict:
+def _win_keys(prefix: str, rows: pd.DataFrame, diff_col: str, threshold: float,
+              suffix: str = "") -> dict:
+    """{prefix}win_rate{suffix} and its interval, and the wins / ties / losses counts."""
+    keys = [f"{prefix}win_rate{suffix}", f"{prefix}win_rate{suffix}_ci_low",
+            f"{prefix}win_rate{suffix}_ci_high"]
+    name = prefix or "reward_"
+    count_keys = [f"{name}{k}{suffix}" for k in ("wins", "ties", "losses")]
+    if not len(rows):
+        return dict.fromkeys(keys + count_keys)
+    res = outcomes(rows[diff_col], rows["base_model"] == rows["tuned_model"], threshold)
+    return dict(zip(keys, (float(res.mean()), *bootstrap_ci(res)), strict=True)) | \
+        dict(zip(count_keys, counts(res), strict=True))
+
+
+def summarize(df: pd.DataFrame, tie_threshold: float = DEFAULT_TIE_THRESHOLD) -> dict:
     """The comparison in numbers. Every key is always present (a stable schema for
     `--json` readers); a value is None (JSON null) when its input is missing: the reward
     keys without a reward model, the ROUGE keys without targets, the gold keys off the demo
     world, the adherence rates when no instruction states a word limit. Rates and means
-    are over the rows that have the input (`n_word_limit`, `n_gold` rows)."""
+    are over the rows that have the input (`n_word_limit`, `n_gold` rows).
+
+    The reward-model win rate counts |reward_diff| <= `tie_threshold` as a tie
+    (`win_rate`, `reward_wins/ties/losses`); `win_rate_strict` is the same with threshold
+    0. Gold scores are exact, so gold ties are exact ties."""
     s: dict = {"n": len(df)}
     for prefix, col in (("", "reward"), ("gold_", "gold")):
         diff_col = f"{col}_diff"
         rows = df[df[diff_col].notna()] if diff_col in df else df.iloc[0:0]
         if prefix:
             s["n_gold"] = len(rows)
-        if len(rows):
-            res = outcomes(rows[diff_col], rows["base_model"] == rows["tuned_model"])
-            low, high = bootstrap_ci(res)
-            s.update({f"{prefix}win_rate": float(res.mean()),
-                      f"{prefix}win_rate_ci_low": low, f"{prefix}win_rate_ci_high": high})
+            s.update(_win_keys(prefix, rows, diff_col, 0.0))
         else:
-            s.update(dict.fromkeys([f"{prefix}win_rate", f"{prefix}win_rate_ci_low",
-                                    f"{prefix}win_rate_ci_high"]))
+            s["reward_tie_threshold"] = tie_threshold
+            s.update(_win_keys("", rows, diff_col, tie_threshold))
+            s.update(_win_keys("", rows, diff_col, 0.0, "_strict"))
         s[f"mean_{col}_base"] = _mean(rows, f"base_{col}")
         s[f"mean_{col}_tuned"] = _mean(rows, f"tuned_{col}")
     s["mean_words_base"] = _mean(df, "base_words")
@@ -421,13 +462,20 @@ def format_summary(s: dict) -> list[str]:
     lines = [f"prompts compared: {s['n']}"]
     if s["win_rate"] is not None:
         lines.append(f"reward-model win rate of tuned over base: {f(s['win_rate'])} "
-                     f"({CI_LEVEL:.0%} CI {f(s['win_rate_ci_low'])}-{f(s['win_rate_ci_high'])})")
+                     f"({CI_LEVEL:.0%} CI {f(s['win_rate_ci_low'])}-{f(s['win_rate_ci_high'])}"
+                     f"; {s['reward_wins']} wins / {s['reward_ties']} ties / "
+                     f"{s['reward_losses']} losses, a tie when |score difference| <= "
+                     f"{s['reward_tie_threshold']:g})")
+        lines.append(f"  strict (every score difference decides): {f(s['win_rate_strict'])} "
+                     f"({s['reward_wins_strict']}/{s['reward_ties_strict']}/"
+                     f"{s['reward_losses_strict']})")
         lines.append(f"mean reward: base {f(s['mean_reward_base'])}, "
                      f"tuned {f(s['mean_reward_tuned'])}")
     if s["gold_win_rate"] is not None:
         lines.append(f"gold win rate (demo world, {s['n_gold']} prompts): "
                      f"{f(s['gold_win_rate'])} ({CI_LEVEL:.0%} CI "
-                     f"{f(s['gold_win_rate_ci_low'])}-{f(s['gold_win_rate_ci_high'])})")
+                     f"{f(s['gold_win_rate_ci_low'])}-{f(s['gold_win_rate_ci_high'])}; "
+                     f"{s['gold_wins']}/{s['gold_ties']}/{s['gold_losses']})")
         lines.append(f"mean gold score: base {f(s['mean_gold_base'])}, "
                      f"tuned {f(s['mean_gold_tuned'])}")
     lines.append(f"mean words: base {f(s['mean_words_base'], '.1f')}, "
@@ -483,7 +531,7 @@ def run(cfg: Config, scorer=None) -> Comparison:
 
     df = side_by_side(cfg.tuned, cfg.untuned, reward_model=scorer or cfg.reward_model,
                       eval_dataset=cfg.eval_dataset)
-    summary = summarize(df)
+    summary = summarize(df, check_tie_threshold(cfg.reward_tie_threshold))
     result = Comparison(df, summary, list(df.attrs.get("notices", [])))
     if cfg.out_dir is not None:
         out = Path(cfg.out_dir)

@@ -4,7 +4,8 @@
 - ROUGE-L F1 (Lin 2004, "ROUGE: A Package for Automatic Evaluation of Summaries"), LCS
   based, on lower-cased alphanumeric tokens like Google's rouge_score (no stemming);
 - win rate of the tuned model over the base model, ties counted half, with a percentile
-  bootstrap confidence interval (Efron & Tibshirani 1993, ch. 13).
+  bootstrap confidence interval (Efron & Tibshirani 1993, ch. 13);
+- agreement between two judges, and Cohen's kappa (Cohen 1960) for two annotators.
 """
 
 from __future__ import annotations
@@ -92,19 +93,26 @@ def rouge_l(prediction: str, reference: str) -> float:
 
 # -- win rate ------------------------------------------------------------------------------
 
-def outcomes(diff, identical=None) -> np.ndarray:
-    """Per-row result of tuned vs base: 1 win, 0.5 tie, 0 loss. Identical responses are a
-    tie whatever a scorer's float noise (different padding in a batch) says."""
+def outcomes(diff, identical=None, tie_threshold: float = 0.0) -> np.ndarray:
+    """Per-row result of tuned vs base: 1 win (diff > tie_threshold), 0 loss (diff <
+    -tie_threshold), 0.5 tie (|diff| <= tie_threshold). Identical responses are a tie
+    whatever a scorer's float noise (different padding in a batch) says."""
     d = np.asarray(diff, dtype=float)
-    out = np.where(d > 0, 1.0, np.where(d < 0, 0.0, TIE))
+    out = np.where(d > tie_threshold, 1.0, np.where(d < -tie_threshold, 0.0, TIE))
     if identical is not None:
         out = np.where(np.asarray(identical, dtype=bool), TIE, out)
     return out
 
 
-def win_rate(diff, identical=None) -> float:
+def win_rate(diff, identical=None, tie_threshold: float = 0.0) -> float:
     """Share of rows the tuned model wins, ties counted half."""
-    return float(outcomes(diff, identical).mean())
+    return float(outcomes(diff, identical, tie_threshold).mean())
+
+
+def counts(results) -> tuple[int, int, int]:
+    """(wins, ties, losses) of per-row results in {1, 0.5, 0}."""
+    r = np.asarray(results, dtype=float)
+    return int((r == 1.0).sum()), int((r == TIE).sum()), int((r == 0.0).sum())
 
 
 def bootstrap_ci(results, level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RESAMPLES,
@@ -125,3 +133,31 @@ def bootstrap_ci(results, level: float = CI_LEVEL, resamples: int = BOOTSTRAP_RE
     alpha = (1 - level) / 2
     low, high = np.quantile(means, [alpha, 1 - alpha])
     return float(low), float(high)
+
+
+# -- agreement -----------------------------------------------------------------------------
+
+def agreement(a, b) -> tuple[float | None, int]:
+    """(share of items on which two judges give the same verdict, items compared)."""
+    pairs = [(x, y) for x, y in zip(a, b, strict=True)]
+    if not pairs:
+        return None, 0
+    return sum(x == y for x, y in pairs) / len(pairs), len(pairs)
+
+
+def cohen_kappa(a, b) -> float | None:
+    """Cohen's kappa of two annotators' labels of the same items (Cohen 1960):
+    (p_o - p_e) / (1 - p_e), p_o the observed agreement, p_e the agreement expected by
+    chance from each annotator's own label shares. None without items, or when both
+    always give one and the same label (p_e = 1: kappa is undefined)."""
+    a, b = list(a), list(b)
+    if len(a) != len(b):
+        raise ValueError("both annotators must label the same items")
+    if not a:
+        return None
+    n = len(a)
+    p_o = sum(x == y for x, y in zip(a, b, strict=True)) / n
+    p_e = sum((a.count(k) / n) * (b.count(k) / n) for k in set(a) | set(b))
+    if p_e == 1:
+        return None
+    return (p_o - p_e) / (1 - p_e)

@@ -91,6 +91,11 @@ class PipelineParams:
     # Bulk inference
     inference_temperature: float = 0.0  # 0 = greedy, as Vertex's bulk inferrer
     merge_adapter: bool = False
+    # -- compare: the report's reward-model win rate --------------------------------------
+    # Reward scores are Bradley-Terry logits: a difference d means the reward model prefers
+    # the tuned answer with probability sigmoid(d). |d| <= 0.1 (sigmoid 0.475-0.525) is a
+    # coin flip to it, and punctuation-only edits land there: counted as a tie.
+    reward_tie_threshold: float = 0.1
 
     # ----------------------------------------------------------------------------------
     @classmethod
@@ -181,6 +186,9 @@ class PipelineParams:
         if self.batch_size % self.num_minibatches:
             problems.append(f"batch_size ({self.batch_size}) must be divisible by "
                             f"num_minibatches ({self.num_minibatches})")
+        if not (math.isfinite(self.reward_tie_threshold) and self.reward_tie_threshold >= 0):
+            problems.append("reward_tie_threshold must be a finite number >= 0, "
+                            f"got {self.reward_tie_threshold}")
         if problems:
             raise RlhfkitError("\n".join(f"{source}: {p}" for p in problems))
 
