@@ -252,13 +252,16 @@ def test_report_is_self_contained_with_table_and_curves(course_samples, tmp_path
     assert not re.search(r"url\(|@import|<script|<link|<iframe|<img", page, re.I)
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert "&lt;img src=https://evil.example/x.png&gt; &amp; more" in page
-    # the table: every prediction is there (escaped), with its word count
+    # the table: every prediction is there (escaped; a long one folded after its start)
+    unfolded = page.replace(" …</summary>", "")
     for rec in map(json.loads, (course_samples / "eval_results_tuned.jsonl").read_text()
                    .splitlines()):
         import html
 
-        assert html.escape(rec["prediction"]) in page
-    assert "<th>tuned_words</th>" in page
+        assert html.escape(rec["prediction"]) in unfolded
+    assert ">words base / tuned</th>" in page and "snake" not in page
+    # the instruction once, above the table, not in every row
+    assert page.count("Summarize in less than 50 words.") == 1
     # the curves: Vertex's tag first, then the accuracy-like tag, then the rest
     charts = re.findall(r'<svg[^>]*aria-label="([^"]+)"', page)
     assert charts[:3] == ["rank_loss", "eval/accuracy", "zz_lr"]

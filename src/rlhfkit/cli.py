@@ -297,8 +297,9 @@ def infer_cmd(
 
 @app.command("compare")
 def compare_cmd(
-    run_dir: Annotated[Optional[str], typer.Argument(  # noqa: UP045
-        help="A run directory (its eval_results_*.jsonl, reward_model/, logs).")] = None,
+    run_dirs: Annotated[Optional[list[str]], typer.Argument(  # noqa: UP045
+        metavar="[RUN]...", help="A run directory (its eval_results_*.jsonl, reward_model/, "
+                                 "logs); several runs give one table, a row per run.")] = None,
     tuned: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Tuned model's eval_results JSONL (instead of RUN).")] = None,
     untuned: Annotated[Optional[str], typer.Option(  # noqa: UP045
@@ -313,28 +314,18 @@ def compare_cmd(
     ] = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print only the aggregates, as one JSON object.")] = False,
+    reward_tie_threshold: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="A tie for the reward-model win rate when |score difference| <= this "
+             "(default: the run's reward_tie_threshold, 0.1).")] = None,
+    human: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="preference.jsonl from `rlhfkit label serve` on `label prepare --from-run "
+             "RUN` pairs: adds the blind human win rate.")] = None,
 ) -> None:
     """Lesson 4: tuned vs base side by side, reward win rate, length and adherence."""
-    from rlhfkit import compare
+    from rlhfkit.compare_runs import main as compare_main
 
-    if run_dir is not None and (tuned or untuned):
-        raise RlhfkitError("give either a run directory or --tuned and --untuned, not both")
-    if run_dir is not None:
-        cfg = compare.Config.for_run(run_dir, reward_model=reward_model,
-                                     eval_dataset=eval_dataset, out_dir=out_dir)
-    elif tuned and untuned:
-        cfg = compare.Config(tuned=tuned, untuned=untuned, reward_model=reward_model,
-                             eval_dataset=eval_dataset, out_dir=out_dir)
-    else:
-        raise RlhfkitError("give a run directory, or both --tuned A.jsonl and --untuned B.jsonl")
-    result = compare.run(cfg)
-    if as_json:
-        typer.echo(compare.summary_json(result.summary))
-    else:
-        compare.print_table(result.table, result.summary)
-    for path in (result.csv_path, result.report_path):
-        if path is not None:
-            typer.echo(f"wrote {path}", err=True)
+    compare_main(run_dirs or [], tuned, untuned, reward_model, eval_dataset, out_dir,
+                 as_json, reward_tie_threshold, human)
 
 # == pipeline ============================================================================
 # (run, compile go here)

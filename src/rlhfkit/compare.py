@@ -283,6 +283,9 @@ def summarize(df: pd.DataFrame, tie_threshold: float = DEFAULT_TIE_THRESHOLD) ->
     s["within_limit_rate_tuned"] = _mean(limited, "tuned_within_limit")
     s["mean_rouge_l_base"] = _mean(df, "base_rouge_l")
     s["mean_rouge_l_tuned"] = _mean(df, "tuned_rouge_l")
+    from rlhfkit.label_eval import HUMAN_KEYS
+
+    s.update(dict.fromkeys(HUMAN_KEYS))  # filled by `--human` (label_eval.add_human)
     return s
 
 
@@ -487,7 +490,9 @@ def format_summary(s: dict) -> list[str]:
     if s["mean_rouge_l_base"] is not None:
         lines.append(f"ROUGE-L F1 vs targets: base {f(s['mean_rouge_l_base'])}, "
                      f"tuned {f(s['mean_rouge_l_tuned'])}")
-    return lines
+    from rlhfkit.label_eval import format_human
+
+    return lines + format_human(s)
 
 
 def print_table(df: pd.DataFrame, summary: dict, console=None,
@@ -520,31 +525,55 @@ def print_table(df: pd.DataFrame, summary: dict, console=None,
         console.print(Text(visible(line)), highlight=False)
 
 
-def run(cfg: Config, scorer=None) -> Comparison:
-    """Build the table and the aggregates; write comparison.csv and report.html into
-    cfg.out_dir when it is set (`print_table` prints them).
+def build(cfg: Config, scorer=None) -> Comparison:
+    """The table and the aggregates (with the human judgements when cfg.human is set).
 
     `scorer` (any object with `.score`) overrides cfg.reward_model, e.g. an already
     loaded reward model in the pipeline.
     """
-    from rlhfkit import report
-
     df = side_by_side(cfg.tuned, cfg.untuned, reward_model=scorer or cfg.reward_model,
                       eval_dataset=cfg.eval_dataset)
-    summary = summarize(df, check_tie_threshold(cfg.reward_tie_threshold))
-    result = Comparison(df, summary, list(df.attrs.get("notices", [])))
-    if cfg.out_dir is not None:
-        out = Path(cfg.out_dir)
-        result.csv_path = out / CSV_FILE
-        # CRLF rows (RFC 4180): the csv writer then quotes any cell holding a CR
-        atomic_write_text(result.csv_path,
-                          csv_safe_frame(df).to_csv(index=False, lineterminator="\r\n"))
-        curves = report.read_run_curves(cfg.run_dir or str(Path(cfg.tuned).parent))
-        html = report.render(df, summary, result.notices, curves,
-                             title=f"rlhfkit: tuned vs base ({out.name or out.resolve().name})",
-                             summary_lines=format_summary(summary))
-        result.report_path = out / REPORT_FILE
-        atomic_write_text(result.report_path, html)
+    threshold = check_tie_threshold(cfg.reward_tie_threshold)
+    summary = summarize(df, threshold)
+    notices = list(df.attrs.get("notices", []))
+    if cfg.human is not None:
+        from rlhfkit.label_eval import add_human
+
+        more = add_human(df, summary, cfg.human, threshold)
+        for n in more:
+            log.notice(n)
+        notices += more
+    return Comparison(df, summary, notices)
+
+
+def write(cfg: Config, result: Comparison, runs: list[dict] | None = None) -> None:
+    """comparison.csv and report.html into cfg.out_dir (nothing when it is None); `runs`:
+    the several-runs table (compare_runs.runs_table) to put at the top of the report."""
+    from rlhfkit import report
+    from rlhfkit.compare_runs import run_info
+
+    if cfg.out_dir is None:
+        return
+    out = Path(cfg.out_dir)
+    result.csv_path = out / CSV_FILE
+    # CRLF rows (RFC 4180): the csv writer then quotes any cell holding a CR
+    atomic_write_text(result.csv_path,
+                      csv_safe_frame(result.table).to_csv(index=False, lineterminator="\r\n"))
+    run_dir = cfg.run_dir or str(Path(cfg.tuned).parent)
+    html = report.render(result.table, result.summary, result.notices,
+                         report.read_run_curves(run_dir),
+                         title=f"rlhfkit: tuned vs base ({out.name or out.resolve().name})",
+                         summary_lines=format_summary(result.summary),
+                         info=run_info(run_dir) if cfg.run_dir else None, runs=runs)
+    result.report_path = out / REPORT_FILE
+    atomic_write_text(result.report_path, html)
+
+
+def run(cfg: Config, scorer=None) -> Comparison:
+    """Build the table and the aggregates; write comparison.csv and report.html into
+    cfg.out_dir when it is set (`print_table` prints them)."""
+    result = build(cfg, scorer)
+    write(cfg, result)
     return result
 
 
