@@ -409,3 +409,113 @@ def test_reward_tie_threshold_from_params_and_cli(tmp_path, course_samples):
     res = CliRunner().invoke(app, ["compare", str(run), "--json", "--reward-tie-threshold", "-1"])
     assert res.exit_code != 0 and "reward_tie_threshold must be a finite number >= 0" in str(
         res.exception)
+
+
+# -- blind human evaluation ----------------------------------------------------------------
+
+def test_human_win_rate_and_agreement(course_samples, tmp_path):
+    from rlhfkit import label, label_store
+
+    run = _make_run(course_samples, tmp_path)
+    label.prepare(str(tmp_path / "pairs.jsonl"), from_run=str(run), seed=1)
+    pairs = [json.loads(x) for x in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    sources = {s["pair_id"]: s for s in map(json.loads, (tmp_path / "pairs.sources.jsonl")
+                                            .read_text().splitlines())}
+    out = tmp_path / "preference.jsonl"
+    store = label_store.Store(out, pairs)
+    want = ["tuned", "tuned", "base", "tie", "skip", "base"]  # one wish per pair, 6 pairs
+    human_tuned = {}
+    for p, w in zip(pairs, want, strict=True):
+        if w in ("tie", "skip"):
+            store.record("ann", p["pair_id"], w)
+            continue
+        side = [sources[p["pair_id"]]["source_0"], sources[p["pair_id"]]["source_1"]].index(w)
+        store.record("ann", p["pair_id"], str(side))
+        human_tuned[p["input_text"]] = w == "tuned"
+    store.close()
+    cfg = compare.Config.for_run(run, human=str(out))
+    result = compare.build(cfg, scorer=LengthScorer())
+    s = result.summary
+    # tuned, tuned, base, tie (skip left out), base -> (1 + 1 + 0 + 0.5 + 0) / 5
+    assert s["human_n"] == 5 and s["human_unmatched"] == 0
+    assert s["human_win_rate"] == pytest.approx(2.5 / 5)
+    assert (s["human_wins"], s["human_ties"], s["human_losses"]) == (2, 1, 2)
+    assert s["human_win_rate_ci_low"] <= 0.5 <= s["human_win_rate_ci_high"]
+    # the reward model (fewer words is better) decides where the word counts differ
+    df = result.table
+    agree = []
+    for row in df.itertuples():
+        post = row.prompt.split("\n\n\n", 1)[1]
+        if post in human_tuned and row.base_words != row.tuned_words:
+            agree.append(human_tuned[post] == (row.tuned_words < row.base_words))
+    assert s["human_reward_agreement_n"] == len(agree) > 0
+    assert s["human_reward_agreement"] == pytest.approx(sum(agree) / len(agree))
+    assert df["human"].notna().sum() == 5
+    text = "\n".join(compare.format_summary(s))
+    assert "human win rate of tuned over base (blind, 5 judgements of 5 prompts): 0.500" in text
+    # the CLI and the report carry it too
+    res = CliRunner().invoke(app, ["compare", str(run), "--human", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["human_win_rate"] == pytest.approx(0.5)
+    assert "human win rate of tuned over base" in (run / "report.html").read_text()
+
+
+def test_human_labels_of_another_run_are_reported_not_guessed(course_samples, tmp_path):
+    run = _make_run(course_samples, tmp_path)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"input_text": "a post from elsewhere", "candidate_0": "a",
+                                 "candidate_1": "b", "choice": 0}) + "\n")
+    result = compare.build(compare.Config.for_run(run, human=str(other)))
+    assert result.summary["human_unmatched"] == 1 and result.summary["human_win_rate"] is None
+    assert any("match no prompt and answer pair" in n for n in result.notices)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input_text": "x"}\n')
+    with pytest.raises(RlhfkitError, match=r"bad\.jsonl:1: expected input_text"):
+        compare.build(compare.Config.for_run(run, human=str(bad)))
+
+
+# -- several runs ----------------------------------------------------------------------------
+
+def _training(run, params, steps, kl, step_seconds):
+    from torch.utils.tensorboard import SummaryWriter
+
+    (run / "params.json").write_text(json.dumps(params))
+    (run / "policy").mkdir()
+    (run / "policy" / "rlhfkit.json").write_text(json.dumps({"train_steps": steps,
+                                                             "final_kl": kl}))
+    with SummaryWriter(str(run / "reinforcer-logs")) as w:
+        for step, sec in enumerate(step_seconds):
+            w.add_scalar("time/step_seconds", sec, step)
+
+
+def test_several_runs_one_table(course_samples, tmp_path):
+    a = _make_run(course_samples, tmp_path).rename(tmp_path / "a")
+    b = _make_run(course_samples, tmp_path).rename(tmp_path / "b")
+    _training(a, {"reinforcement_learning_train_steps": 3}, 3, 0.25, [60.0, 30.0, 30.0])
+    _training(b, {"rl_algorithm": "grpo"}, 2, 1.5, [6.0, 6.0])
+    res = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["compare", str(a), str(b)])
+    assert res.exit_code == 0, res.output
+    assert "2 runs on the same 6 eval prompts" in res.stdout
+    assert re.search(r"a\s*│\s*ppo\s*│\s*3\s*│\s*0\.250", res.stdout)
+    assert re.search(r"b\s*│\s*grpo\s*│\s*2\s*│\s*1\.500", res.stdout)
+    assert "2.0 min" in res.stdout and "0.2 min" in res.stdout  # 120 s and 12 s of steps
+    res = CliRunner().invoke(app, ["compare", str(a), str(b), "--json"])
+    runs = json.loads(res.stdout)["runs"]
+    assert [r["method"] for r in runs] == ["ppo", "grpo"]
+    assert runs[0]["training_seconds"] == pytest.approx(120.0)
+    assert runs[1]["summary"]["n"] == 6
+    for run in (a, b):  # each run's report carries the table
+        page = (run / "report.html").read_text()
+        assert "<h2>Runs compared</h2>" in page and page.count("<td>grpo</td>") == 1
+
+
+def test_several_runs_need_the_same_eval_prompts(course_samples, tmp_path):
+    a = _make_run(course_samples, tmp_path).rename(tmp_path / "a")
+    b = _make_run(course_samples, tmp_path).rename(tmp_path / "b")
+    lines = (b / "eval_results_tuned.jsonl").read_text().splitlines()
+    (b / "eval_results_tuned.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    lines = (b / "eval_results_untuned.jsonl").read_text().splitlines()
+    (b / "eval_results_untuned.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    res = CliRunner().invoke(app, ["compare", str(a), str(b)])
+    assert res.exit_code != 0
+    assert "its eval prompts differ from" in str(res.exception)
