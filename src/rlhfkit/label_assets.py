@@ -19,6 +19,7 @@ LABEL_JS = r"""
     document.body.classList.add("busy");
     button.click();
   });
+  document.body.dataset.keys = "ready";  // the keys work from here on
 })();
 """
 
