@@ -285,3 +285,36 @@ def test_train_reward_on_labels_from_the_page(tmp_path, tiny_llama_dir):
                                    str(tmp_path / "run"), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "run" / "reward_model" / "DONE").is_file()
+
+
+def test_serve_cli_prints_one_url_and_refuses_a_second_writer(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    pairs_file = tmp_path / "pairs.jsonl"
+    pairs_file.write_text("".join(json.dumps(p) + "\n" for p in _pairs()))
+    out = tmp_path / "preference.jsonl"
+    cmd = [sys.executable, "-m", "rlhfkit", "label", "serve", str(pairs_file), "-o", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:") and "?token=" in url
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(url + "&annotator=ann", timeout=5)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "no answer within 30 s"
+                time.sleep(0.1)
+        assert r.status_code == 200 and "0 of 3 done" in r.text
+        assert httpx.get(url.split("?")[0], timeout=5).status_code == 401
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1 and "another `rlhfkit label serve`" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)

@@ -125,6 +125,9 @@ def pairs_from_models(model: str, model_b: str | None, prompts: str, instruction
         raise RlhfkitError("two answers of one model need sampling: give --temperature > 0, "
                            "or a second model with --model-b")
     records = load_dataset(prompts, "prompt")
+    if any("input_text" not in r for r in records):
+        raise RlhfkitError(f"{prompts}: label prepare takes input_text prompts (chat "
+                           "`messages` records are not supported yet)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     answers, names = [], []
     for k, (ref, s) in enumerate([(model, seed), (model_b or model, seed + 1)]):
@@ -138,13 +141,8 @@ def pairs_from_models(model: str, model_b: str | None, prompts: str, instruction
         texts = [prompt_text(r, instruction, tokenizer) for r in records]
         answers.append(infer.generate(lm, tokenizer, texts, cfg))
         names.append(f"{Path(ref).name or ref}" if model_b else f"sample {k + 1} of {ref}")
-    items = []
-    for r, a, b in zip(records, answers[0], answers[1], strict=True):
-        if "input_text" not in r:
-            raise RlhfkitError(f"{prompts}: label prepare takes input_text prompts (chat "
-                               "`messages` records are not supported yet)")
-        items.append((instruction, r["input_text"], a, names[0], b, names[1]))
-    return items
+    return [(instruction, r["input_text"], a, names[0], b, names[1])
+            for r, a, b in zip(records, answers[0], answers[1], strict=True)]
 
 
 def write_pairs(pairs: list[Pair], out: str | Path) -> tuple[Path, Path]:

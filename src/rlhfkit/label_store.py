@@ -112,7 +112,7 @@ def read_judgements(path: str | Path) -> list[Judgement]:
             out.append(j)
     if problems:
         raise DataError(problems)
-    return sorted(out, key=lambda j: j.timestamp)
+    return sorted(out, key=lambda j: j.timestamp)  # stable: a file's order breaks ties
 
 
 class Store:
@@ -134,8 +134,10 @@ class Store:
         for p in (self.out, self.side):
             _repair_tail(p)
         self.judged: dict[str, dict[str, Judgement]] = {}
+        self.history: dict[str, list[str]] = {}  # pair ids in the order judged: undo pops
         for j in read_judgements(self.out):
             self.judged.setdefault(j.annotator, {})[j.pair_id] = j
+            self.history.setdefault(j.annotator, []).append(j.pair_id)
 
     def close(self) -> None:
         self._lock_file.close()  # releases the flock
@@ -152,8 +154,8 @@ class Store:
                      if pid not in done), None)
 
     def last(self, annotator: str) -> Judgement | None:
-        done = self.judged.get(annotator, {})
-        return max(done.values(), key=lambda j: j.timestamp, default=None)
+        history = self.history.get(annotator)
+        return self.judged[annotator][history[-1]] if history else None
 
     # -- writing ---------------------------------------------------------------------
     def record(self, annotator: str, pair_id: str, verdict: str) -> bool:
@@ -177,6 +179,7 @@ class Store:
             rec.update(pair_id=pair_id, annotator=annotator, timestamp=j.timestamp)
             _append_line(path, json.dumps(rec, ensure_ascii=False))
             self.judged.setdefault(annotator, {})[pair_id] = j
+            self.history.setdefault(annotator, []).append(pair_id)
             return True
 
     def undo(self, annotator: str) -> Judgement | None:
@@ -197,6 +200,7 @@ class Store:
                     kept.append(raw)
             atomic_write_text(path, "".join(kept))
             del self.judged[annotator][last.pair_id]
+            self.history[annotator].pop()
             return last
 
 
