@@ -140,7 +140,7 @@ def pairs_from_models(model: str, model_b: str | None, prompts: str, instruction
             tokenizer, lm = infer.load_model(cfg, device)
         texts = [prompt_text(r, instruction, tokenizer) for r in records]
         answers.append(infer.generate(lm, tokenizer, texts, cfg))
-        names.append(f"{Path(ref).name or ref}" if model_b else f"sample {k + 1} of {ref}")
+        names.append(ref if model_b else f"sample {k + 1} of {ref}")
     return [(instruction, r["input_text"], a, names[0], b, names[1])
             for r, a, b in zip(records, answers[0], answers[1], strict=True)]
 
