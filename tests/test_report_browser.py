@@ -157,21 +157,45 @@ class LengthScorer:
         return [-len(r.split()) / 10 for r in responses]
 
 
-def test_report_fits_1400_px(browser, tmp_path, course_samples):
-    from torch.utils.tensorboard import SummaryWriter
+def _demo_run(tmp_path) -> Path:
+    """A run directory on demo-world eval prompts (gold scores), long posts included."""
+    from rlhfkit.data import format_prompt
+    from rlhfkit.demo import world
 
+    records = world.generate(world.Config(output_dir=str(tmp_path), preference_size=0,
+                                          prompt_size=0, eval_size=12))["eval"]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     run = tmp_path / "run"
     run.mkdir()
-    for name in ("eval_results_tuned.jsonl", "eval_results_untuned.jsonl"):
-        shutil.copy(course_samples / name, run / name)
+    for name, key in (("eval_results_untuned.jsonl", "candidate_0"),
+                      ("eval_results_tuned.jsonl", "candidate_1")):
+        (run / name).write_text("".join(json.dumps({"inputs": {
+            "inputs_pretokenized": format_prompt(world.DEMO_INSTRUCTION, r["input_text"]),
+            "targets_pretokenized": ""}, "prediction": r[key] + " " + "word " * 60}) + "\n"
+            for r in records))
+    (run / "params.json").write_text(json.dumps({"eval_dataset": str(tmp_path / "eval.jsonl")}))
+    return run
+
+
+def test_report_fits_1400_px(browser, tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = _demo_run(tmp_path)
     with SummaryWriter(str(run / "reinforcer-logs")) as w:
         for step in range(20):
             w.add_scalar("reward", 0.1 * step, step)
             w.add_scalar("objective/kl", 0.05 * step, step)
         w.add_scalar("hparam/kl_coeff", 0.1, 0)  # one point: a value, not a chart
-    cfg = compare.Config.for_run(run)
+    label.prepare(str(tmp_path / "pairs.jsonl"), from_run=str(run))
+    pairs = [json.loads(x) for x in (tmp_path / "pairs.jsonl").read_text().splitlines()]
+    store = label_store.Store(tmp_path / "human.jsonl", pairs)
+    for p in pairs[:6]:
+        store.record("ann", p["pair_id"], "0")
+    store.close()
+    cfg = compare.Config.for_run(run, human=str(tmp_path / "human.jsonl"))
     result = compare.build(cfg, scorer=LengthScorer())
     compare.write(cfg, result)
+    assert {"base_reward", "base_gold", "human"} <= set(result.table.columns)
     page = browser.new_page(viewport=VIEWPORT)
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(result.report_path.as_uri())
