@@ -22,9 +22,9 @@ import torch
 from rlhfkit import models, training
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.reward_data import encode_for_scoring
+from rlhfkit.runstate import META_FILE  # the reward model's metadata, next to its weights
 
 SCORE_BATCH_SIZE = 16  # sequences per forward pass when scoring with RewardScorer
-META_FILE = "rlhfkit.json"  # the reward model's metadata, next to its weights
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
