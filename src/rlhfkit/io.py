@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -175,7 +176,7 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     if "://" in str(path):
         raise RlhfkitError(f"{path}: outputs are written to a local directory")
     if path.exists() and not path.is_dir():
-        raise RlhfkitError(f"{path}: exists and is not a directory")
+        raise RlhfkitError(f"{path}: is a file, not a directory")
     base = _nearest_existing(path.absolute())
     if not base.is_dir():
         raise RlhfkitError(f"{path}: {base} is a file, not a directory")
@@ -196,7 +197,11 @@ def check_output_file(path: str | os.PathLike) -> Path:
     return path
 
 
+_TMP_PART = re.compile(r"(^|/)\.([^/]+)\.[A-Za-z0-9_]{8}\.tmp(?=/|$)")
+
+
 def write_error(exc: OSError, path: str | os.PathLike | None = None) -> RlhfkitError:
-    """One line for a failed write (ENOSPC, EROFS, EACCES, ...), naming the file."""
-    name = exc.filename or path or "output"
+    """One line for a failed write (ENOSPC, EROFS, EACCES, ...), naming the file as the
+    user knows it (RUN/reward_model/x, not the temporary directory it was written in)."""
+    name = _TMP_PART.sub(r"\1\2", str(exc.filename or path or "output"))
     return RlhfkitError(f"{name}: cannot write: {exc.strerror or exc}")

@@ -1,0 +1,270 @@
+"""A run directory you can trust (issue 9 §1, §5): resume keys by content, the lock, a
+self-contained run directory, enable_caching, output locations checked first, a full disk.
+
+Fast unit tests first; the end-to-end ones run the real pipeline on tiny settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from rlhfkit import io, pipeline, runstate
+from rlhfkit.errors import RlhfkitError
+
+RLHFKIT = [sys.executable, "-m", "rlhfkit"]
+IS_ROOT = os.geteuid() == 0
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", **extra)
+    env.pop("RANK", None)
+    return env
+
+
+def rlhfkit(*args: str, cwd: str | Path | None = None, check: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*RLHFKIT, *args], capture_output=True, text=True, env=_env(),
+                          cwd=cwd, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rlhfkit {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def cli_error(*args: str) -> str:
+    """The in-process CLI (fast): the RlhfkitError it stops with, which `main()` prints as
+    it is; one line."""
+    from typer.testing import CliRunner
+
+    from rlhfkit.cli import app
+
+    res = CliRunner().invoke(app, list(args))
+    assert isinstance(res.exception, RlhfkitError), (res.output, res.exception)
+    text = str(res.exception)
+    assert "\n" not in text, text
+    return text
+
+
+# -- content identity --------------------------------------------------------------------------
+
+def test_model_fingerprint_is_content_not_path(tiny_llama_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHFKIT_CACHE_DIR", str(tmp_path / "cache"))
+    copy = tmp_path / "elsewhere" / "model"
+    shutil.copytree(tiny_llama_dir, copy)
+    first = runstate.model_fingerprint(str(tiny_llama_dir))
+    assert runstate.model_fingerprint(str(copy)) == first  # moved or copied: same model
+    assert (tmp_path / "cache" / "file_hashes.json").is_file()  # weights hashed once
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # one bit of one weight
+    weights.write_bytes(bytes(data))
+    assert runstate.model_fingerprint(str(copy)) != first
+    assert runstate.model_fingerprint("llama-2-7b") == "hub:meta-llama/Llama-2-7b-hf"
+
+
+def test_data_fingerprint_ignores_the_location(tmp_path):
+    a, b = tmp_path / "a.jsonl", tmp_path / "sub" / "b.jsonl"
+    b.parent.mkdir()
+    a.write_text('{"input_text": "x"}\n')
+    b.write_text('{"input_text": "x"}\n')
+    assert runstate.data_fingerprint(str(a)) == runstate.data_fingerprint(str(b))
+    b.write_text('{"input_text": "y"}\n')
+    assert runstate.data_fingerprint(str(a)) != runstate.data_fingerprint(str(b))
+
+
+def test_infer_resume_key_follows_the_adapter_weights(tiny_llama_dir, tmp_path):
+    # RUN/policy retrained in place: same path, other weights -> another key (on main the
+    # key held the path, so a partial file of the old policy was "resumed").
+    from safetensors.torch import load_file, save_file
+    from test_infer import _save_lora
+
+    from rlhfkit import infer
+
+    adapter = tmp_path / "policy"
+    _save_lora(tiny_llama_dir, adapter)
+    cfg = infer.Config(model=str(adapter), eval_dataset=str(tmp_path / "e.jsonl"),
+                       output=str(tmp_path / "o.jsonl"))
+    (tmp_path / "e.jsonl").write_text('{"input_text": "hi"}\n')
+    before = runstate.config_hash(cfg.prediction_key())
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    save_file({k: v * 2 for k, v in weights.items()}, str(adapter / "adapter_model.safetensors"))
+    assert runstate.config_hash(cfg.prediction_key()) != before
+
+
+# -- the stage machinery ---------------------------------------------------------------------
+
+def test_stage_checkpoint_resume_prune_publish(tmp_path):
+    import torch
+
+    stage = runstate.Stage(tmp_path / "reward_model", "key-a")
+    for step in (1, 2, 3):
+        stage.save_checkpoint(step, lambda d: (d / "w").write_text("w"), {"pos": step})
+    assert [s for s, _ in runstate.checkpoints(stage.dir)] == [2, 3]  # newest `keep`
+    expected = torch.rand(3)  # the draw after checkpoint 3 was written
+    torch.rand(5)
+    found = stage.resume()
+    assert found.step == 3 and found.state["pos"] == 3
+    assert torch.equal(torch.rand(3), expected)  # RNG state restored
+    other = runstate.Stage(stage.dir, "key-b")
+    assert other.resume() is None and runstate.checkpoints(stage.dir) == []  # stale: gone
+    assert not other.is_done()
+    other.publish(lambda d: (d / "out.txt").write_text("out"))
+    assert other.is_done() and (stage.dir / "out.txt").read_text() == "out"
+    assert sorted(p.name for p in stage.dir.iterdir()) == ["DONE", "out.txt"]
+
+
+# -- the lock ---------------------------------------------------------------------------------
+
+HOLD = """
+import sys, time
+from rlhfkit.runstate import run_lock
+with run_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_second_process_stops_at_once_naming_the_holder(tmp_path):
+    run = tmp_path / "run"
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"preference_dataset": "x.jsonl", "prompt_dataset": "y.jsonl",
+                                  "large_model_reference": "llama-2-7b"}))
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE,
+                              text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for cmd in (["run", str(params), "--output-dir", str(run)],
+                    ["train-reward", str(params), "--output-dir", str(run)]):
+            t0 = time.monotonic()
+            line = one_line_error(rlhfkit(*cmd, check=False))
+            assert time.monotonic() - t0 < 60  # at once, not after waiting
+            assert f"PID {holder.pid} on " in line and "started" in line, line
+        assert not (run / "params.json").exists()  # nothing done
+        holder.send_signal(signal.SIGKILL)  # a killed holder leaves no stale lock
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    with runstate.run_lock(run):
+        assert f"PID {os.getpid()} " in (run / ".lock").read_text()
+
+
+def test_lock_is_reentrant_within_a_process(tmp_path):
+    with runstate.run_lock(tmp_path), runstate.run_lock(tmp_path):
+        pass
+    with runstate.run_lock(tmp_path):  # released after the outer block
+        pass
+
+
+# -- output locations, checked before any work -------------------------------------------------
+
+@pytest.mark.parametrize("where", ["proc", "file", "under_file"])
+def test_bad_run_directory_is_one_line_and_nothing_written(tmp_path, where):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    run = {"proc": Path("/proc/rlhfkit-run"), "file": afile,
+           "under_file": afile / "run"}[where]
+    params = tmp_path / "p.json"
+    params.write_text(json.dumps({"preference_dataset": "x.jsonl", "prompt_dataset": "y.jsonl",
+                                  "large_model_reference": "llama-2-7b"}))
+    for cmd in ("run", "train-reward", "train-policy"):
+        assert str(run) in cli_error(cmd, str(params), "--output-dir", str(run))
+    if where == "proc":  # and through the real command line: one line, exit 1
+        line = one_line_error(rlhfkit("run", str(params), "--output-dir", str(run),
+                                      check=False))
+        assert str(run) in line
+    assert afile.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == [
+        "afile", "p.json"]
+
+
+@pytest.mark.skipif(IS_ROOT, reason="root writes anywhere")
+def test_unwritable_directory_is_refused(tmp_path):
+    locked = tmp_path / "ro"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(RlhfkitError, match="cannot write here"):
+        io.check_output_dir(locked / "run")
+
+
+def test_infer_output_that_is_a_directory_fails_before_loading(tmp_path):
+    (tmp_path / "e.jsonl").write_text('{"input_text": "hi"}\n')
+    out_dir = tmp_path / "results"
+    out_dir.mkdir()
+    line = cli_error("infer", str(tmp_path / "e.jsonl"), "-o", str(out_dir),
+                     "--model", str(tmp_path / "no-model"))  # fails before any model load
+    assert "is a directory" in line
+    assert list(out_dir.iterdir()) == []
+
+
+def test_output_checks_by_kind(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(RlhfkitError, match="is a file, not a directory"):
+        io.check_output_file(tmp_path / "f" / "out.jsonl")
+    with pytest.raises(RlhfkitError, match="not a directory"):
+        io.check_output_dir(tmp_path / "f")
+    assert io.check_output_file(tmp_path / "new" / "deeper" / "o.jsonl")
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+def test_write_error_names_the_final_file_not_the_temporary_one():
+    err = io.write_error(OSError(28, "No space left on device",
+                                 "/r/.reward_model.ab_cd123.tmp/rlhfkit.json"))
+    assert str(err) == "/r/reward_model/rlhfkit.json: cannot write: No space left on device"
+
+
+# -- pickled adapters ------------------------------------------------------------------------
+
+def test_adapter_holding_only_a_pickle_is_refused(tiny_llama_dir, tmp_path):
+    import torch
+    from test_infer import _save_lora
+
+    adapter = tmp_path / "adapter"
+    peft_model = _save_lora(tiny_llama_dir, adapter)
+    (adapter / "adapter_model.safetensors").unlink()
+    torch.save({k: v for k, v in peft_model.state_dict().items() if "lora" in k},
+               adapter / "adapter_model.bin")
+    (tmp_path / "e.jsonl").write_text('{"input_text": "hi"}\n')
+    for args in (["--model", str(adapter)],
+                 ["--model", str(tiny_llama_dir), "--adapter", str(adapter)]):
+        out = tmp_path / "o.jsonl"
+        line = cli_error("infer", str(tmp_path / "e.jsonl"), "-o", str(out), *args)
+        assert "adapter_model.bin" in line and "safetensors" in line
+        assert not out.exists()
+
+
+# -- PipelineJob's keyword arguments -----------------------------------------------------------
+
+VALUES = {"preference_dataset": "p.jsonl", "prompt_dataset": "q.jsonl",
+          "large_model_reference": "llama-2-7b"}
+
+
+def test_pipeline_job_vertex_arguments_get_a_notice_others_an_error(tmp_path, capsys):
+    job = pipeline.PipelineJob(display_name="d", parameter_values=VALUES, labels={"a": "b"},
+                               job_id="j", credentials=None, failure_policy="fast",
+                               run_dir=tmp_path / "r")
+    assert job.enable_caching
+    err = capsys.readouterr().err
+    assert "labels is a Vertex AI setting with no local meaning" in err
+    with pytest.raises(RlhfkitError, match="unknown argument 'enable_cachng'; did you mean "
+                                           "'enable_caching'"):
+        pipeline.PipelineJob(display_name="d", parameter_values=VALUES, enable_cachng=False)
+    with pytest.raises(RlhfkitError, match="unknown argument 'pipline_root'"):
+        pipeline.PipelineJob(display_name="d", parameter_values=VALUES, pipline_root="x")
+    assert not pipeline.PipelineJob(display_name="d", parameter_values=VALUES,
+                                    enable_caching=False).enable_caching
