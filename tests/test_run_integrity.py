@@ -268,3 +268,148 @@ def test_pipeline_job_vertex_arguments_get_a_notice_others_an_error(tmp_path, ca
         pipeline.PipelineJob(display_name="d", parameter_values=VALUES, pipline_root="x")
     assert not pipeline.PipelineJob(display_name="d", parameter_values=VALUES,
                                     enable_caching=False).enable_caching
+
+
+# -- end to end: the real pipeline on tiny settings --------------------------------------------
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("integrity")
+    rlhfkit("demo", "data", str(root / "data"), "--preference-size", "24",
+            "--prompt-size", "16", "--eval-size", "6")
+    return {"root": root, "model": tiny_model_dirs["llama"]}
+
+
+def tiny_values(model: Path | str, data: str = "data", **overrides) -> dict:
+    from rlhfkit.demo.world import DEMO_INSTRUCTION
+
+    return {"preference_dataset": f"{data}/preference.jsonl",
+            "prompt_dataset": f"{data}/prompt.jsonl", "eval_dataset": f"{data}/eval.jsonl",
+            "large_model_reference": str(model), "instruction": DEMO_INSTRUCTION,
+            "prompt_sequence_length": 96, "target_sequence_length": 8,
+            "reward_model_train_steps": 2, "reinforcement_learning_train_steps": 2,
+            "batch_size": 4, "ppo_epochs": 1, "checkpoint_every_steps": 1, **overrides}
+
+
+def done_hashes(run: Path) -> dict[str, str]:
+    return {p.parent.name: p.read_text() for p in run.glob("*/DONE")}
+
+
+@pytest.mark.slow
+def test_moved_run_and_copied_model_do_not_retrain_and_compare_works_anywhere(world):
+    root = world["root"]
+    (root / "p.json").write_text(json.dumps(tiny_values(world["model"])))  # relative paths
+    run = root / "runs" / "a"
+    rlhfkit("run", "p.json", "--output-dir", "runs/a", cwd=root)
+    written = json.loads((run / "params.json").read_text())
+    assert written["parameter_values"]["eval_dataset"] == str(root / "data" / "eval.jsonl")
+    assert written["fingerprints"]["eval_dataset"] == runstate.data_fingerprint(
+        str(root / "data" / "eval.jsonl"))
+    # From another working directory the run still finds its eval data (gold columns).
+    summary = json.loads(rlhfkit("compare", str(run), "--json", "--out-dir",
+                                 str(root / "cmp"), cwd="/").stdout)
+    assert summary.get("gold_win_rate") is not None, summary
+
+    # The run directory moved, the base model copied elsewhere: nothing retrains.
+    before = done_hashes(run)
+    moved = root / "elsewhere" / "b"
+    shutil.move(str(run), moved)
+    model_copy = root / "models" / "tiny"
+    shutil.copytree(world["model"], model_copy)
+    (root / "p2.json").write_text(json.dumps(tiny_values(model_copy, data=str(root / "data"))))
+    again = rlhfkit("run", str(root / "p2.json"), "--output-dir", str(moved))
+    assert done_hashes(moved) == before
+    for stage in ("train_reward", "train_policy", "infer_base", "infer_tuned"):
+        assert f"{stage} skipped" in again.stderr, again.stderr
+
+
+@pytest.mark.slow
+def test_stale_partial_predictions_of_an_old_policy_are_not_resumed(world, monkeypatch):
+    # Killed while infer_tuned had written its partial file; then an RL parameter changed.
+    from rlhfkit import infer
+    from rlhfkit.params import PipelineParams
+
+    monkeypatch.chdir(world["root"])
+    run = world["root"] / "stale"
+    real_call = infer._PartialWriter.__call__
+
+    def dies_in_tuned(self, prompts, batch, texts):
+        real_call(self, prompts, batch, texts)
+        if "tuned" in self.path.name and "untuned" not in self.path.name:
+            raise KeyboardInterrupt  # as if killed right after the write
+
+    monkeypatch.setattr(infer._PartialWriter, "__call__", dies_in_tuned)
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run_pipeline(PipelineParams.from_dict(tiny_values(world["model"])), run)
+    monkeypatch.setattr(infer._PartialWriter, "__call__", real_call)
+    partial = run / f".{pipeline.TUNED}.partial"
+    lines = partial.read_text().splitlines()
+    assert len(lines) > 1 and not (run / "infer_tuned" / "DONE").exists()
+    # Mark the old policy's predictions, so a resume from them cannot go unnoticed.
+    stale = [lines[0]] + [json.dumps({**json.loads(x), "prediction": "STALE"})
+                          for x in lines[1:]]
+    partial.write_text("\n".join(stale) + "\n")
+
+    params = PipelineParams.from_dict(tiny_values(world["model"],
+                                                  reinforcement_learning_train_steps=3))
+    out = pipeline.run_pipeline(params, run)
+    assert out.stages["train_policy"] == "ran"
+    tuned = [json.loads(x)["prediction"] for x in (run / pipeline.TUNED).read_text().splitlines()]
+    assert "STALE" not in tuned
+    fresh = infer.run(infer.Config(model=str(run / "policy"), eval_dataset=params.eval_dataset,
+                                   output=str(world["root"] / "fresh.jsonl"), params=params))
+    assert tuned == [json.loads(x)["prediction"] for x in fresh.read_text().splitlines()]
+
+    # enable_caching=False (Vertex's PipelineJob argument): every stage reruns from scratch.
+    before = {p.parent.name: p.stat().st_mtime_ns for p in run.glob("*/DONE")}
+    job = pipeline.PipelineJob(display_name="t", parameter_values=tiny_values(
+        world["model"], reinforcement_learning_train_steps=3), run_dir=run,
+        enable_caching=False)
+    outcome = job.run()
+    assert [outcome.stages[s] for s in ("train_reward", "train_policy", "infer_base",
+                                        "infer_tuned")] == ["ran"] * 4
+    after = {p.parent.name: p.stat().st_mtime_ns for p in run.glob("*/DONE")}
+    assert all(after[k] != before[k] for k in before)
+
+
+ENOSPC_CHILD = """
+import errno, os, sys
+real = os.fdopen
+def fdopen(fd, *args, **kwargs):  # the disk fills up when the reward model's metadata is written
+    if ".rlhfkit.json." in os.readlink(f"/proc/self/fd/{fd}"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return real(fd, *args, **kwargs)
+os.fdopen = fdopen
+sys.argv = ["rlhfkit", *sys.argv[1:]]
+from rlhfkit.cli import main
+main()
+"""
+
+
+@pytest.mark.slow
+def test_full_disk_is_one_line_naming_the_file_and_nothing_is_done(world):
+    root = world["root"]
+    (root / "enospc.json").write_text(json.dumps(tiny_values(world["model"],
+                                                             data=str(root / "data"))))
+    run = root / "enospc"
+    proc = subprocess.run([sys.executable, "-c", ENOSPC_CHILD, "train-reward",
+                           str(root / "enospc.json"), "--output-dir", str(run),
+                           "--no-progress"], capture_output=True, text=True, env=_env(),
+                          timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == (f"{run}/reward_model/rlhfkit.json: cannot write: "
+                    "No space left on device"), proc.stderr
+    assert not list(run.rglob("DONE"))
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]  # nothing half-written
+
+
+def test_resume_with_every_prediction_already_made(tiny_llama_dir):
+    # Killed after the last batch, before the output was written: nothing left to generate
+    # (the tokenizer used to be called on an empty list and crash).
+    from rlhfkit import infer, models
+
+    tok, model = models.load_tokenizer(str(tiny_llama_dir)), models.load_causal_lm(
+        str(tiny_llama_dir))
+    cfg = infer.Config(model=str(tiny_llama_dir), eval_dataset="-", output="-")
+    assert infer.generate(model, tok, ["a", "b"], cfg, done={0: "x", 1: "y"}) == ["x", "y"]

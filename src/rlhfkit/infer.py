@@ -182,6 +182,8 @@ def generate(model, tokenizer, prompts: list[str], cfg: Config,
     gen_cfg = _generation_config(tokenizer, model, cfg)
     eos_ids = list(gen_cfg.eos_token_id or [])
     todo = [i for i in range(len(prompts)) if i not in done]
+    if not todo:  # killed after the last batch, before the output was written
+        return [done[i] for i in range(len(prompts))]
     lengths = [len(ids) for ids in tokenizer([prompts[i] for i in todo])["input_ids"]]
     batches = [[todo[j] for j in b] for b in length_sorted_batches(lengths, cfg.batch_size)]
     device = next(model.parameters()).device
