@@ -301,6 +301,7 @@ def test_moved_run_and_copied_model_do_not_retrain_and_compare_works_anywhere(wo
     (root / "p.json").write_text(json.dumps(tiny_values(world["model"])))  # relative paths
     run = root / "runs" / "a"
     rlhfkit("run", "p.json", "--output-dir", "runs/a", cwd=root)
+    assert (run / "summary.txt").read_text().startswith("== summary ==\nrun directory: ")
     written = json.loads((run / "params.json").read_text())
     assert written["parameter_values"]["eval_dataset"] == str(root / "data" / "eval.jsonl")
     assert written["fingerprints"]["eval_dataset"] == runstate.data_fingerprint(
@@ -413,3 +414,21 @@ def test_resume_with_every_prediction_already_made(tiny_llama_dir):
         str(tiny_llama_dir))
     cfg = infer.Config(model=str(tiny_llama_dir), eval_dataset="-", output="-")
     assert infer.generate(model, tok, ["a", "b"], cfg, done={0: "x", 1: "y"}) == ["x", "y"]
+
+
+def test_demo_excerpt_replaces_the_marked_block_of_the_readme(tmp_path, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "demo_excerpt", Path(__file__).parents[1] / "benchmarks" / "demo_excerpt.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.txt").write_text("== summary ==\ngold win rate 0.6\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{mod.START}\nhand-edited 0.9\n{mod.END}\nafter\n")
+    mod.write_readme(readme, mod.excerpt(run, None))
+    text = readme.read_text()
+    assert "hand-edited" not in text and "gold win rate 0.6" in text
+    assert text.startswith("before\n") and text.endswith(f"{mod.END}\nafter\n")

@@ -23,7 +23,7 @@ from typing import Any
 
 from rlhfkit import log
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.io import atomic_write_json, check_output_dir
+from rlhfkit.io import atomic_write_json, atomic_write_text, check_output_dir
 from rlhfkit.params import PipelineParams
 from rlhfkit.runstate import (
     DATASET_FIELDS,
@@ -302,11 +302,17 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
     return lines
 
 
+SUMMARY_FILE = "summary.txt"  # the summary as printed; benchmarks/demo_excerpt.py reads it
+
+
 def print_summary(out: Outcome) -> None:
+    """Print the one-screen summary and keep it as RUN/summary.txt (the README's demo
+    excerpt is made from that file, never edited by hand)."""
     params = PipelineParams.from_file(out.run_dir / PARAMS_FILE, quiet=True)
-    log.info("\n== summary ==")
-    for line in summary_lines(out, params):
-        log.info(line)
+    lines = ["== summary ==", *summary_lines(out, params)]
+    log.info("\n" + "\n".join(lines))
+    if log.is_main_process():
+        atomic_write_text(out.run_dir / SUMMARY_FILE, "\n".join(lines) + "\n")
 
 
 def run_from_file(params_file: str | Path, output_dir: str | Path | None,
