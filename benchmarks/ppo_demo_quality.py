@@ -35,11 +35,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def greedy(model, tokenizer, records, instruction, prompt_len, target_len) -> list[str]:
     from rlhfkit import infer
     from rlhfkit.data import prompt_text
+    from rlhfkit.params import PipelineParams
 
     prompts = [prompt_text(r, instruction, tokenizer) for r in records]
-    cfg = infer.Config(model="-", eval_dataset="-", output="-", instruction=instruction,
-                       prompt_sequence_length=prompt_len, target_sequence_length=target_len,
-                       batch_size=50)
+    cfg = infer.Config(model="-", eval_dataset="-", output="-", batch_size=50,
+                       params=PipelineParams(instruction=instruction,
+                                             prompt_sequence_length=prompt_len,
+                                             target_sequence_length=target_len))
     return infer.generate(model, tokenizer, prompts, cfg)
 
 

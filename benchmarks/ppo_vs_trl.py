@@ -175,11 +175,13 @@ import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
 import _bench as B; B.child_setup()
 from rlhfkit import reward
 from rlhfkit.reward_model import load_reward_model
-cfg = reward.RewardConfig(preference_dataset={str(Path(a.data) / 'preference.jsonl')!r},
-    large_model_reference={model!r}, output_dir={str(run)!r}, instruction=B.INSTRUCTION,
+from rlhfkit.params import PipelineParams
+cfg = reward.RewardConfig(PipelineParams(
+    preference_dataset={str(Path(a.data) / 'preference.jsonl')!r},
+    large_model_reference={model!r}, instruction=B.INSTRUCTION,
     prompt_sequence_length={a.prompt_len}, target_sequence_length=64,
     reward_model_train_steps={a.reward_steps}, batch_size=16, reward_lora_dim=4,
-    progress=False, reward_model_learning_rate_multiplier=10)
+    reward_model_learning_rate_multiplier=10), output_dir={str(run)!r}, progress=False)
 reward.run(cfg)
 rm, tok, meta = load_reward_model({str(run / 'reward_model')!r})
 hf = rm.model.merge_and_unload()

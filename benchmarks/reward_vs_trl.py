@@ -35,6 +35,7 @@ def child_rlhfkit(a) -> dict:
     t_start = time.monotonic()
     B.child_setup()
     from rlhfkit import reward
+    from rlhfkit.params import PipelineParams
 
     marks: list[float] = []
     inner = reward.train_step
@@ -47,13 +48,16 @@ def child_rlhfkit(a) -> dict:
 
     reward.train_step = timed
     with tempfile.TemporaryDirectory(prefix="bench_rw_") as out:
-        cfg = reward.RewardConfig(
+        params = PipelineParams(
             preference_dataset=str(Path(a.data) / "preference.jsonl"),
-            large_model_reference=a.model, output_dir=out, instruction=B.INSTRUCTION,
+            prompt_dataset=str(Path(a.data) / "prompt.jsonl"),
+            large_model_reference=a.model, instruction=B.INSTRUCTION,
             prompt_sequence_length=a.prompt_len, target_sequence_length=a.target_len,
             reward_model_train_steps=a.steps, batch_size=a.batch_size,
             reward_lora_dim=LORA_RANK, reward_holdout_fraction=HOLDOUT, seed=0,
-            checkpoint_every_steps=10**9, eval_every_steps=10**9, progress=False)
+            checkpoint_every_steps=10**9)
+        cfg = reward.RewardConfig(params, output_dir=out, eval_every_steps=10**9,
+                                  progress=False)
         res = reward.run(cfg)
     loop = marks[-1] - marks[0]
     return {"loop_s": round(loop, 3), "pairs_per_s": round(a.batch_size * a.steps / loop, 2),

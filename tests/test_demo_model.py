@@ -17,7 +17,7 @@ from rlhfkit.demo import world as w
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_model") / "tiny"
-    info = dm.run(dm.Config(str(out), preset="tiny", seed=0, threads=1))
+    info = dm.run(dm.Config(str(out), preset="tiny", seed=0))
     return out, info
 
 
@@ -167,6 +167,20 @@ def test_pretraining_posts_are_not_the_data_sets_posts():
     assert not data_posts & pre
 
 
+def test_same_bytes_whatever_the_callers_thread_count(tmp_path, tiny_dir):
+    # The build pins its own thread count: without it 1 and 2 threads differ after 4 steps.
+    out, _ = tiny_dir  # built with the session's 1 thread (conftest)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        dm.run(dm.Config(str(tmp_path / "two"), preset="tiny", seed=0))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.get_num_threads() == before  # the caller's setting is restored
+    for name in ("model.safetensors", "tokenizer.json"):
+        assert (tmp_path / "two" / name).read_bytes() == (out / name).read_bytes(), name
+
+
 def test_unknown_preset_is_a_user_error(tmp_path):
     from rlhfkit.errors import RlhfkitError
 
@@ -181,3 +195,24 @@ def test_presets_sizes():
              for name, preset in dm.PRESETS.items()}
     # Embeddings here are small (tiny vocabulary); body sizes decide the order.
     assert sizes["tiny"] < sizes["demo"] < sizes["bench-3m"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not dm._has_avx2(), reason="the kernels are pinned to AVX2 on x86-64")
+def test_cli_build_is_the_same_bytes_whatever_the_cpu_kernels(tmp_path):
+    # Two "machines": ATen's AVX-512 kernels and 1 thread, its scalar kernels and 2. Each
+    # differs from the other by itself; `rlhfkit demo model` pins both.
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for name, env in (("a", {"ATEN_CPU_CAPABILITY": "avx512", "OMP_NUM_THREADS": "1"}),
+                      ("b", {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "2"})):
+        out = tmp_path / name
+        proc = subprocess.run([sys.executable, "-m", "rlhfkit", "demo", "model", str(out),
+                               "--preset", "tiny", "--steps", "3"], capture_output=True,
+                              text=True, env={**os.environ, **env}, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        outs.append((out / "model.safetensors").read_bytes())
+    assert outs[0] == outs[1]

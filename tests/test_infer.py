@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from rlhfkit import infer, models
 from rlhfkit.cli import app
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.params import PipelineParams as P
 
 INSTRUCTION = "Summarize in less than 50 words."
 POSTS = [
@@ -59,8 +60,8 @@ def test_batched_greedy_equals_one_by_one(arch, tiny_model_dirs):
     d = str(tiny_model_dirs[arch])
     tok, model = models.load_tokenizer(d), models.load_causal_lm(d).eval()
     prompts = [INSTRUCTION + "\n\n\n" + p for p in POSTS] + ["hi"]
-    cfg = infer.Config(model=d, eval_dataset="-", output="-", target_sequence_length=12,
-                       batch_size=len(prompts))
+    cfg = infer.Config(model=d, eval_dataset="-", output="-",
+                       params=P(target_sequence_length=12), batch_size=len(prompts))
     batched = infer.generate(model, tok, prompts, cfg)
     cfg.batch_size = 1
     single = infer.generate(model, tok, prompts, cfg)
@@ -75,11 +76,11 @@ def test_prompts_are_truncated_from_the_left(tiny_model_dirs):
     a, b = "I got a job offer from a startup." + tail, "We have been dating." + tail
     k = len(tok(tail)["input_ids"])
     assert tok(a)["input_ids"][-k:] == tok(tail)["input_ids"]  # precondition of the test
-    cfg = infer.Config(model=d, eval_dataset="-", output="-", target_sequence_length=10,
-                       prompt_sequence_length=k)
+    cfg = infer.Config(model=d, eval_dataset="-", output="-",
+                       params=P(target_sequence_length=10, prompt_sequence_length=k))
     out = infer.generate(model, tok, [a, b, tail], cfg)
     assert out[0] == out[1] == out[2]
-    cfg.prompt_sequence_length = 512  # with the whole prompts, the predictions differ
+    cfg.params.prompt_sequence_length = 512  # with the whole prompts, the predictions differ
     full = infer.generate(model, tok, [a, b], cfg)
     assert full[0] != full[1]
 
@@ -121,7 +122,7 @@ def test_adapter_merged_model_and_adapter_alone_agree(tiny_llama_dir, tmp_path):
 
     def predictions(name, **kw):
         cfg = infer.Config(eval_dataset=eval_path, output=str(tmp_path / f"{name}.jsonl"),
-                           target_sequence_length=8, **kw)
+                           params=P(target_sequence_length=8), **kw)
         return [r["prediction"] for r in read_jsonl(infer.run(cfg))]
 
     with_adapter = predictions("a", model=str(tiny_llama_dir), adapter=str(adapter))
@@ -136,7 +137,8 @@ def test_sampling_is_seeded(tiny_model_dirs, tmp_path):
 
     def predictions(temperature, seed):
         cfg = infer.Config(model=d, eval_dataset=eval_path, output=str(tmp_path / "o.jsonl"),
-                           target_sequence_length=8, temperature=temperature, seed=seed)
+                           params=P(target_sequence_length=8, inference_temperature=temperature,
+                                    seed=seed))
         return [r["prediction"] for r in read_jsonl(infer.run(cfg))]
 
     first = predictions(1.0, 0)
@@ -149,7 +151,7 @@ def test_resumes_from_a_partial_file_with_the_same_settings(tiny_llama_dir, tmp_
     eval_path = write_eval(tmp_path / "eval.jsonl")
     out = tmp_path / "eval_results_untuned.jsonl"
     cfg = infer.Config(model=str(tiny_llama_dir), eval_dataset=eval_path, output=str(out),
-                       instruction=INSTRUCTION, target_sequence_length=4)
+                       params=P(instruction=INSTRUCTION, target_sequence_length=4))
     from rlhfkit.runstate import config_hash
 
     partial = out.with_name(f".{out.name}.partial")
@@ -163,7 +165,7 @@ def test_resumes_from_a_partial_file_with_the_same_settings(tiny_llama_dir, tmp_
     assert not partial.exists()
     # Another setting (here the instruction) ignores the partial file.
     partial.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    cfg.instruction = None
+    cfg.params.instruction = None
     preds = [r["prediction"] for r in read_jsonl(infer.run(cfg))]
     assert "FROM AN EARLIER RUN" not in preds
 
@@ -176,6 +178,6 @@ def test_bad_eval_file_is_a_user_error_and_writes_nothing(tiny_llama_dir, tmp_pa
         infer.run(infer.Config(model=str(tiny_llama_dir), eval_dataset=str(bad),
                                output=str(out)))
     assert not out.exists()
-    with pytest.raises(RlhfkitError, match="temperature"):
+    with pytest.raises(RlhfkitError, match="batch_size"):
         infer.run(infer.Config(model=str(tiny_llama_dir), eval_dataset=str(bad),
-                               output=str(out), temperature=-1))
+                               output=str(out), batch_size=0))

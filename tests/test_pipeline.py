@@ -72,9 +72,12 @@ def test_run_end_to_end_then_rerun_skips_everything(world):
     proc = rlhfkit("run", str(params), "--output-dir", str(run))
     assert "Traceback" not in proc.stderr
     # Every artifact of DESIGN.md's run directory.
-    resolved = json.loads((run / "params.json").read_text())
+    written = json.loads((run / "params.json").read_text())
+    resolved = written["parameter_values"]
     assert resolved["batch_size"] == 4 and resolved["kl_coeff"] == 0.1  # defaults written
     assert PipelineParams.from_dict(resolved, quiet=True)
+    assert PipelineParams.from_file(run / "params.json", quiet=True)  # a params file itself
+    assert set(written["fingerprints"]) >= {"preference_dataset", "large_model_reference"}
     for stage in ("reward_model", "policy", "infer_base", "infer_tuned"):
         assert (run / stage / "DONE").is_file(), stage
     assert list((run / "reward-logs").glob("events.*"))

@@ -201,9 +201,10 @@ def test_config_from_params(tmp_path):
                                        "large_model_reference": "llama-2-13b", "seed": 7,
                                        "reward_model_learning_rate_multiplier": 2.0})
     cfg = reward.RewardConfig.from_params(params, tmp_path)
-    assert cfg.output_dir == str(tmp_path) and cfg.seed == 7 and cfg.reward_lora_dim == 4
+    assert cfg.output_dir == str(tmp_path) and cfg.params.seed == 7
+    assert cfg.params.reward_lora_dim == 4
     assert cfg.learning_rate == pytest.approx(2 * reward.BASE_LR_LORA)
-    cfg.reward_lora_dim = 0
+    cfg.params.reward_lora_dim = 0
     assert cfg.learning_rate == pytest.approx(2 * reward.BASE_LR_FULL)
 
 
@@ -273,7 +274,8 @@ def test_rerun_skips_and_changed_parameter_reruns(trained, tmp_path):
     assert reward.run(cfg)["skipped"]
     from dataclasses import replace
 
-    changed = replace(cfg, reward_model_train_steps=1, output_dir=str(tmp_path))
+    changed = replace(cfg, params=replace(cfg.params, reward_model_train_steps=1),
+                      output_dir=str(tmp_path))
     assert not reward.run(changed)["skipped"]
 
 
@@ -282,7 +284,8 @@ def test_scorer_reproduces_the_held_out_metrics(trained):
     training process did."""
     cfg, result = trained
     records = preference_records(48)
-    _, held = reward_data.split_holdout(48, cfg.reward_holdout_fraction, cfg.seed)
+    _, held = reward_data.split_holdout(48, cfg.params.reward_holdout_fraction,
+                                          cfg.params.seed)
     _check_roundtrip(result, [records[i] for i in held])
 
 

@@ -6,6 +6,7 @@ Every user error is an `RlhfkitError`, printed without a traceback by `main()`.
 
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Annotated, Optional
 
@@ -149,7 +150,9 @@ def demo_data(
     """Write the demo world's preference.jsonl, prompt.jsonl and eval.jsonl (+ README.md,
     world.json with the noise ceiling) to OUTPUT_DIR."""
     from rlhfkit.demo import world
+    from rlhfkit.io import check_output_dir
 
+    check_output_dir(output_dir)
     info = world.run(world.Config(output_dir, seed, preference_size, prompt_size, eval_size))
     typer.echo(f"wrote {output_dir}: {info['sizes']['preference']} preference pairs, "
                f"{info['sizes']['prompt']} prompts, {info['sizes']['eval']} eval records; "
@@ -165,12 +168,36 @@ def demo_model(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     steps: Annotated[Optional[int], typer.Option(  # noqa: UP045 (typer needs Optional)
         help="Pretraining steps (default: the preset's).")] = None,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
 ) -> None:
-    """Build the demo world's small Llama offline: tokenizer, pretraining, safetensors."""
-    from rlhfkit.demo import model
+    """Build the demo world's small Llama offline: tokenizer, pretraining, safetensors.
 
-    model.run(model.Config(output_dir, preset, seed, steps, threads))
+    The same seed gives the same bytes on any number of cores, under any load, on any
+    x86-64 machine with AVX2 (the build pins its torch threads and CPU kernels)."""
+    from rlhfkit.demo import model
+    from rlhfkit.io import check_output_dir
+
+    check_output_dir(output_dir)
+    code = model.build(model.Config(output_dir, preset, seed, steps))
+    if code:
+        raise typer.Exit(code)
+
+# == stage commands: one run directory, checked and locked before any work ============
+
+def _run_dir(params_file: str, run_dir: str | None) -> str:
+    from rlhfkit.io import check_output_dir
+
+    if not run_dir:
+        raise RlhfkitError(f"{params_file}: no run directory; pass --output-dir RUN or set "
+                           "output_dir in the parameters")
+    check_output_dir(run_dir)
+    return run_dir
+
+
+def _locked(run_dir: str):
+    from rlhfkit.runstate import run_lock
+
+    return run_lock(run_dir)
+
 
 # == reward model ========================================================================
 
@@ -192,13 +219,9 @@ def train_reward(
     from rlhfkit.params import PipelineParams
 
     params = PipelineParams.from_file(params_file)
-    run_dir = output_dir or params.output_dir
-    if not run_dir:
-        raise RlhfkitError(f"{params_file}: no run directory; pass --output-dir RUN or set "
-                           "output_dir in the parameters")
-    cfg = reward.RewardConfig.from_params(params, run_dir)
-    cfg.progress = progress
-    result = reward.run(cfg)
+    run_dir = _run_dir(params_file, output_dir or params.output_dir)
+    with _locked(run_dir):
+        result = reward.run(reward.RewardConfig.from_params(params, run_dir, progress=progress))
     if log.is_main_process():
         typer.echo(f"reward model: {result['reward_model_dir']}")
         typer.echo(f"TensorBoard logs: {result['logs_dir']}")
@@ -220,9 +243,10 @@ def score(
     """Add the reward model's score to every record (written atomically)."""
     from rlhfkit.data import read_lines
     from rlhfkit.errors import DataError
-    from rlhfkit.io import atomic_write_jsonl, expand_paths
+    from rlhfkit.io import atomic_write_jsonl, check_output_file, expand_paths
     from rlhfkit.reward import RewardScorer, score_records
 
+    check_output_file(output)  # before any work
     problems: list[str] = []
     lines = [line for path in expand_paths(file) for line in read_lines(path, problems)]
     if problems:
@@ -259,7 +283,9 @@ def train_policy(
     overrides = {"reward_model_dir": reward_model}
     if merge:
         overrides["merge_adapter"] = True
-    out = policy.run(policy.PolicyConfig.from_params(p, output_dir, **overrides))
+    run_dir = _run_dir(params, output_dir or p.output_dir)
+    with _locked(run_dir):
+        out = policy.run(policy.PolicyConfig.from_params(p, run_dir, **overrides))
     if log.is_main_process():
         typer.echo(out["policy_dir"])
 
@@ -275,24 +301,31 @@ def infer_cmd(
         help="A LoRA adapter directory (e.g. RUN/policy) applied to --model.")] = None,
     instruction: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help='Prepended to every input as instruction + "\\n\\n\\n" + input_text.')] = None,
-    prompt_sequence_length: Annotated[int, typer.Option(
-        help="Prompt tokens kept (truncated from the left).")] = 512,
-    target_sequence_length: Annotated[int, typer.Option(help="Max new tokens.")] = 64,
-    temperature: Annotated[float, typer.Option(
-        help="0 = greedy (as Vertex's bulk inferrer); > 0 samples.")] = 0.0,
+    prompt_sequence_length: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Prompt tokens kept (truncated from the left). [default: the pipeline's]")
+    ] = None,
+    target_sequence_length: Annotated[Optional[int], typer.Option(  # noqa: UP045
+        help="Max new tokens. [default: the pipeline's]")] = None,
+    temperature: Annotated[Optional[float], typer.Option(  # noqa: UP045
+        help="The pipeline's inference_temperature: 0 = greedy (as Vertex's bulk "
+             "inferrer); > 0 samples.")] = None,
     batch_size: Annotated[int, typer.Option(help="Prompts per generate call.")] = 16,
-    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for sampling.")] = None,  # noqa: UP045
     trust_remote_code: Annotated[bool, typer.Option(
         help="Run model code shipped with the checkpoint.")] = False,
 ) -> None:
     """Bulk inference (Vertex's Bulk Inferrer): one prediction per eval prompt."""
     from rlhfkit import infer
+    from rlhfkit.params import PipelineParams
 
-    infer.run(infer.Config(
-        model=model, adapter=adapter, eval_dataset=eval_dataset, output=output,
-        instruction=instruction, prompt_sequence_length=prompt_sequence_length,
-        target_sequence_length=target_sequence_length, temperature=temperature,
-        batch_size=batch_size, seed=seed, trust_remote_code=trust_remote_code))
+    # Options left out keep PipelineParams' defaults (declared there, once).
+    given = {"instruction": instruction, "prompt_sequence_length": prompt_sequence_length,
+             "target_sequence_length": target_sequence_length,
+             "inference_temperature": temperature, "seed": seed,
+             "trust_remote_code": trust_remote_code}
+    params = PipelineParams(**{k: v for k, v in given.items() if v is not None})
+    infer.run(infer.Config(model=model, adapter=adapter, eval_dataset=eval_dataset,
+                           output=output, params=params, batch_size=batch_size))
 
 
 @app.command("compare")
@@ -336,13 +369,17 @@ def run_cmd(
     params: Annotated[str, typer.Argument(help="parameter_values as a JSON or YAML file.")],
     output_dir: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--output-dir", help="The run directory (default: output_dir in the file).")] = None,
+    cache: Annotated[bool, typer.Option(
+        help="Reuse finished stages (--no-cache reruns every stage, as Vertex's "
+             "enable_caching=False).")] = True,
 ) -> None:
     """Run the whole pipeline: validate, reward model, PPO, bulk inference, compare.
 
-    Running it again skips finished stages and resumes an interrupted one."""
+    Running it again skips finished stages and resumes an interrupted one. One process at
+    a time per run directory (RUN/.lock)."""
     from rlhfkit.pipeline import run_from_file
 
-    run_from_file(params, output_dir)
+    run_from_file(params, output_dir, enable_caching=cache)
 
 
 @app.command("compile")
@@ -366,6 +403,9 @@ def compile_pipeline(
                         accelerator=accelerator, accelerator_count=accelerator_count))
 
 
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+
+
 def main() -> None:
     import warnings
 
@@ -376,6 +416,14 @@ def main() -> None:
     except RlhfkitError as exc:
         typer.echo(str(exc), err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        # A full disk (or a read-only / over-quota one) outside rlhfkit's own writers, e.g.
+        # in a library's save_pretrained: one line naming the file; no stage is marked
+        # done, because DONE is written last.
+        typer.echo(f"{exc.filename or 'a file'}: cannot write: {exc.strerror}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

@@ -23,55 +23,58 @@ of everything that changes predictions, and deleted once the output is written).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from rlhfkit import log
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.io import atomic_write_jsonl
+from rlhfkit.io import atomic_write_jsonl, check_output_file, write_error
+from rlhfkit.params import PipelineParams
 
-DEFAULT_PROMPT_SEQUENCE_LENGTH = 512  # tokens; Vertex's default
-DEFAULT_TARGET_SEQUENCE_LENGTH = 64  # max new tokens; Vertex's default
 DEFAULT_BATCH_SIZE = 16  # prompts per generate() call
-GREEDY = 0.0  # temperature 0 means argmax decoding, as Vertex's bulk inferrer
 TARGET_KEY = "output_text"  # an eval record's reference answer, if it has one
+# The parameters predictions depend on (PipelineParams declares them; `temperature` of
+# bulk inference is `inference_temperature`: 0 = greedy, as Vertex's bulk inferrer).
+PREDICTION_FIELDS = ("instruction", "prompt_sequence_length", "target_sequence_length",
+                     "inference_temperature", "seed")
 
 
 @dataclass
 class Config:
-    """Everything bulk inference depends on. Lengths are in tokens."""
+    """Bulk inference: which model on which data to which file (this stage's own
+    options), and how, from the pipeline's `params` (instruction, prompt_sequence_length,
+    target_sequence_length, inference_temperature, seed, trust_remote_code)."""
 
     model: str  # base model: Vertex name, Hugging Face id or directory (also a merged model)
     eval_dataset: str  # file, directory, glob or fsspec URL of eval records
     output: str  # the eval_results_*.jsonl to write
+    params: PipelineParams = field(default_factory=PipelineParams)
     adapter: str | None = None  # a peft LoRA adapter directory on top of `model`
-    instruction: str | None = None  # prepended as instruction + "\n\n\n" + input_text
-    prompt_sequence_length: int = DEFAULT_PROMPT_SEQUENCE_LENGTH
-    target_sequence_length: int = DEFAULT_TARGET_SEQUENCE_LENGTH
-    temperature: float = GREEDY  # > 0: plain temperature sampling (no top-k / top-p)
     batch_size: int = DEFAULT_BATCH_SIZE
-    seed: int = 0  # used only when sampling
-    trust_remote_code: bool = False
+
+    @property
+    def temperature(self) -> float:
+        return self.params.inference_temperature
 
     def validate(self) -> None:
-        problems = []
-        for name in ("prompt_sequence_length", "target_sequence_length", "batch_size"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
-        if problems:
-            raise RlhfkitError("\n".join(problems))
+        if self.batch_size <= 0:
+            raise RlhfkitError(f"batch_size must be > 0, got {self.batch_size}")
 
     def prediction_key(self) -> dict:
-        """The values predictions depend on (batch_size only reorders the work)."""
-        return {k: getattr(self, k) for k in (
-            "model", "adapter", "eval_dataset", "instruction", "prompt_sequence_length",
-            "target_sequence_length", "temperature", "seed")}
+        """What predictions depend on, by content: the model's and adapter's files (a
+        retrained policy in the same directory is a different model), the eval data's
+        bytes and the generation parameters; batch_size only reorders the work."""
+        from rlhfkit.runstate import data_fingerprint, model_fingerprint
+
+        model, adapter = resolve_model_and_adapter(self.model, self.adapter)
+        return {"model": model_fingerprint(model), "adapter": model_fingerprint(adapter),
+                "eval": data_fingerprint(self.eval_dataset),
+                **self.params.subset(*PREDICTION_FIELDS)}
 
 
 # -- loading -------------------------------------------------------------------------------
@@ -89,7 +92,7 @@ def resolve_model_and_adapter(model: str, adapter: str | None) -> tuple[str, str
     """`--model ADAPTER_DIR` alone is read as the adapter on the base it names in
     adapter_config.json (`base_model_name_or_path`), so `rlhfkit infer --model RUN/policy`
     does what it says. A directory with a full (merged) model is loaded as it is."""
-    from rlhfkit.models import resolve_model_reference
+    from rlhfkit.models import check_adapter_weights, resolve_model_reference
 
     if adapter is None and _is_adapter_dir(model) and not _is_full_model_dir(model):
         base = json.loads((Path(model) / "adapter_config.json").read_text()).get(
@@ -100,6 +103,8 @@ def resolve_model_and_adapter(model: str, adapter: str | None) -> tuple[str, str
         model, adapter = base, model
     if adapter is not None and not _is_adapter_dir(adapter):
         raise RlhfkitError(f"{adapter}: not a LoRA adapter directory (no adapter_config.json)")
+    if adapter is not None:
+        check_adapter_weights(adapter)
     return resolve_model_reference(model), adapter
 
 
@@ -112,8 +117,8 @@ def load_model(cfg: Config, device: torch.device):
     # The adapter directory may carry its own tokenizer (added tokens); prefer it.
     tok_src = adapter if adapter and (Path(adapter) / "tokenizer_config.json").is_file() \
         else model_ref
-    tokenizer = load_tokenizer(tok_src, trust_remote_code=cfg.trust_remote_code)
-    model = load_causal_lm(model_ref, trust_remote_code=cfg.trust_remote_code,
+    tokenizer = load_tokenizer(tok_src, trust_remote_code=cfg.params.trust_remote_code)
+    model = load_causal_lm(model_ref, trust_remote_code=cfg.params.trust_remote_code,
                            dtype=pick_dtype(device))
     if adapter:
         from peft import PeftModel
@@ -139,7 +144,7 @@ def _generation_config(tokenizer, model, cfg: Config):
     sampling = {"do_sample": True, "temperature": cfg.temperature, "top_k": 0, "top_p": 1.0} \
         if cfg.temperature > 0 else {"do_sample": False}
     return GenerationConfig(
-        max_new_tokens=cfg.target_sequence_length, num_beams=1, repetition_penalty=1.0,
+        max_new_tokens=cfg.params.target_sequence_length, num_beams=1, repetition_penalty=1.0,
         eos_token_id=eos or None, pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id, **sampling)
 
@@ -177,15 +182,17 @@ def generate(model, tokenizer, prompts: list[str], cfg: Config,
     gen_cfg = _generation_config(tokenizer, model, cfg)
     eos_ids = list(gen_cfg.eos_token_id or [])
     todo = [i for i in range(len(prompts)) if i not in done]
+    if not todo:  # killed after the last batch, before the output was written
+        return [done[i] for i in range(len(prompts))]
     lengths = [len(ids) for ids in tokenizer([prompts[i] for i in todo])["input_ids"]]
     batches = [[todo[j] for j in b] for b in length_sorted_batches(lengths, cfg.batch_size)]
     device = next(model.parameters()).device
     if cfg.temperature > 0:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.params.seed)
     with _progress(len(prompts), len(done)) as advance:
         for batch in batches:
             enc = encode_prompts(tokenizer, [prompts[i] for i in batch],
-                                 cfg.prompt_sequence_length)
+                                 cfg.params.prompt_sequence_length)
             enc = {k: v.to(device) for k, v in enc.items()}
             out = model.generate(**enc, generation_config=gen_cfg)
             texts = decode_new_tokens(tokenizer, out[:, enc["input_ids"].shape[1]:], eos_ids)
@@ -246,21 +253,32 @@ def _read_partial(path: Path, key: str, prompts: list[str]) -> dict[int, str]:
 
 
 class _PartialWriter:
+    """Appends finished batches to the partial file, each flushed to disk; a failed write
+    (a full disk) is one line naming the file."""
+
     def __init__(self, path: Path, key: str, fresh: bool):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.f = open(path, "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115
-        if fresh:
-            self.f.write(json.dumps({"key": key}) + "\n")
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(path, "w" if fresh else "a", encoding="utf-8")  # noqa: SIM115
+            if fresh:
+                self.f.write(json.dumps({"key": key}) + "\n")
+        except OSError as exc:
+            raise write_error(exc, path) from exc
 
     def __call__(self, prompts: list[str], batch: list[int], texts: list[str]) -> None:
-        for i, text in zip(batch, texts, strict=True):
-            self.f.write(json.dumps({"index": i, "prompt": prompts[i], "prediction": text},
-                                    ensure_ascii=False) + "\n")
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        try:
+            for i, text in zip(batch, texts, strict=True):
+                self.f.write(json.dumps({"index": i, "prompt": prompts[i], "prediction": text},
+                                        ensure_ascii=False) + "\n")
+            self.f.flush()
+            os.fsync(self.f.fileno())
+        except OSError as exc:
+            raise write_error(exc, self.path) from exc
 
     def close(self) -> None:
-        self.f.close()
+        with contextlib.suppress(OSError):  # the error that matters was raised already
+            self.f.close()
 
 
 # -- the stage -----------------------------------------------------------------------------
@@ -277,10 +295,11 @@ def run(cfg: Config) -> Path:
     from rlhfkit.runstate import config_hash
 
     cfg.validate()
+    check_output_file(cfg.output)  # before any work: not after an hour of generation
     records = load_dataset(cfg.eval_dataset, "eval")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer, model = load_model(cfg, device)
-    prompts = [prompt_text(r, cfg.instruction, tokenizer) for r in records]
+    prompts = [prompt_text(r, cfg.params.instruction, tokenizer) for r in records]
     targets = [r.get(TARGET_KEY) for r in records]
     targets = ["" if t is None else str(t) for t in targets]
 

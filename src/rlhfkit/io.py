@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -83,8 +84,11 @@ def _umask() -> int:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise write_error(exc, path) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -92,9 +96,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):  # ENOSPC, EDQUOT, EIO...: one line naming the file
+            raise write_error(exc, path) from exc
         raise
 
 
@@ -119,9 +125,12 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     directory or the new complete one, never a mix.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
+    except OSError as exc:
+        raise write_error(exc, path) from exc
     try:
         yield tmp
         old = None
@@ -132,6 +141,67 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):  # a full disk while writing the directory's files
+            raise write_error(exc, path) from exc
         raise
+
+
+# -- output locations, checked before any work ------------------------------------------
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in (path, *path.parents):
+        if parent.exists() or parent.is_symlink():
+            return parent
+    return Path("/")
+
+
+def _probe_writable(directory: Path, target: Path) -> None:
+    """Create and delete a temporary file in `directory` (the only sure test: /proc, a
+    read-only mount or an ACL may pass `os.access`)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".rlhfkit-probe.")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise RlhfkitError(f"{target}: cannot write here ({directory}: "
+                           f"{exc.strerror or exc})") from None
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """A directory we will create or write into: fail in one line, writing nothing, when
+    it is a file, lies under a file, or cannot be written."""
+    path = Path(path)
+    if "://" in str(path):
+        raise RlhfkitError(f"{path}: outputs are written to a local directory")
+    if path.exists() and not path.is_dir():
+        raise RlhfkitError(f"{path}: is a file, not a directory")
+    base = _nearest_existing(path.absolute())
+    if not base.is_dir():
+        raise RlhfkitError(f"{path}: {base} is a file, not a directory")
+    _probe_writable(base, path)
+    return path
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """A file we will write (atomically, next to itself): fail in one line, writing
+    nothing, when it is a directory, lies under a file, or cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise RlhfkitError(f"{path}: is a directory; give a file name (e.g. "
+                           f"{path / 'eval_results.jsonl'})")
+    if path.exists() and not path.is_file():
+        raise RlhfkitError(f"{path}: exists and is not a regular file")
+    check_output_dir(path.absolute().parent)
+    return path
+
+
+_TMP_PART = re.compile(r"(^|/)\.([^/]+)\.[A-Za-z0-9_]{8}\.tmp(?=/|$)")
+
+
+def write_error(exc: OSError, path: str | os.PathLike | None = None) -> RlhfkitError:
+    """One line for a failed write (ENOSPC, EROFS, EACCES, ...), naming the file as the
+    user knows it (RUN/reward_model/x, not the temporary directory it was written in)."""
+    name = _TMP_PART.sub(r"\1\2", str(exc.filename or path or "output"))
+    return RlhfkitError(f"{name}: cannot write: {exc.strerror or exc}")

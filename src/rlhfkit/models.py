@@ -157,6 +157,20 @@ def load_scalar_model(name_or_path: str, pad_token_id: int, trust_remote_code: b
     return model
 
 
+def check_adapter_weights(adapter_dir: str | Path) -> None:
+    """A LoRA adapter directory must hold adapter_model.safetensors: a pickled
+    adapter_model.bin can run code when loaded, so it is refused as full-model .bin files
+    are (convert it on a trusted machine: `safetensors.torch.save_file(torch.load(...))`)."""
+    path = Path(adapter_dir)
+    if (path / "adapter_model.safetensors").is_file():
+        return
+    if (path / "adapter_model.bin").is_file():
+        raise RlhfkitError(f"{path}: the adapter's weights are adapter_model.bin (pickle); "
+                           "rlhfkit loads only safetensors: convert it to "
+                           "adapter_model.safetensors on a machine you trust")
+    raise RlhfkitError(f"{path}: a LoRA adapter without adapter_model.safetensors")
+
+
 def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters()
                if p.requires_grad or not trainable_only)

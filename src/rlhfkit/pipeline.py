@@ -12,8 +12,9 @@ checkpoint; changing a parameter reruns the stages that depend on it and no othe
 
 from __future__ import annotations
 
-import hashlib
-import json
+import difflib
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,9 +23,18 @@ from typing import Any
 
 from rlhfkit import log
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.io import atomic_write_json, expand_paths, read_bytes
+from rlhfkit.io import atomic_write_json, atomic_write_text, check_output_dir
 from rlhfkit.params import PipelineParams
-from rlhfkit.runstate import config_hash, done_hash, is_done, mark_done
+from rlhfkit.runstate import (
+    DATASET_FIELDS,
+    DONE_FILE,
+    Stage,
+    checkpoints,
+    config_hash,
+    data_fingerprint,
+    model_fingerprint,
+    run_lock,
+)
 
 PARAMS_FILE = "params.json"
 TUNED, UNTUNED = "eval_results_tuned.jsonl", "eval_results_untuned.jsonl"
@@ -44,15 +54,31 @@ class Outcome:
     seconds: float = 0.0
 
 
-def data_fingerprint(spec: str | None) -> str | None:
-    """A hash of a dataset's bytes, so an edited file reruns the stages that read it."""
-    if not spec:
-        return None
-    h = hashlib.sha256()
-    for path in expand_paths(spec):
-        h.update(path.encode())
-        h.update(read_bytes(path))
-    return h.hexdigest()[:16]
+def resolved(params: PipelineParams) -> PipelineParams:
+    """`params` with local dataset paths and a local base-model directory made absolute,
+    so RUN/params.json means the same from any working directory."""
+    import dataclasses
+
+    def absolute(spec: str | None) -> str | None:
+        if not spec or "://" in spec:
+            return spec
+        return os.path.abspath(os.path.expanduser(spec))
+
+    changes = {k: absolute(getattr(params, k)) for k in DATASET_FIELDS}
+    for k in ("large_model_reference", "reward_model_reference"):
+        ref = getattr(params, k)
+        if ref and Path(ref).expanduser().is_dir():
+            changes[k] = absolute(ref)
+    return dataclasses.replace(params, **changes)
+
+
+def fingerprints(params: PipelineParams) -> dict[str, str | None]:
+    """Content fingerprints of the run's inputs (datasets' bytes, models' files), recorded
+    in params.json next to the paths they were read from."""
+    out = {k: data_fingerprint(getattr(params, k)) for k in DATASET_FIELDS}
+    for k in ("large_model_reference", "reward_model_reference"):
+        out[k] = model_fingerprint(getattr(params, k))
+    return out
 
 
 def validate(params: PipelineParams) -> dict[str, int]:
@@ -76,35 +102,57 @@ def _status(result: dict[str, Any]) -> str:
     return "resumed" if result.get("resumed_from_step") else "ran"
 
 
-def _marked_stage(marker: Path, key: dict[str, Any], work) -> str:
-    """Run `work()` unless `marker` already holds the hash of `key`; mark it done after."""
-    h = config_hash(key)
-    if is_done(marker, h):
+def _marked_stage(stage: Stage, work) -> str:
+    """Run `work()` unless the stage is done with the same key; mark it done after."""
+    if stage.is_done():
         log.info("  done already (same inputs): skipped")
         return "skipped"
     work()
-    mark_done(marker, h)
+    stage.mark_done()
     return "ran"
 
 
-def run_pipeline(params: PipelineParams, run_dir: str | Path) -> Outcome:
-    """Run (or resume) every stage into `run_dir`; returns what was produced."""
+STAGE_DIRS = ("reward_model", "policy", "infer_base", "infer_tuned")
+
+
+def forget_finished(run: Path) -> None:
+    """Caching off (`PipelineJob(enable_caching=False)`, as Vertex): every stage reruns from
+    its start, so DONE markers, checkpoints and partial predictions go; outputs stay until
+    replaced."""
+    for name in STAGE_DIRS:
+        (run / name / DONE_FILE).unlink(missing_ok=True)
+        for _, ckpt in checkpoints(run / name):
+            shutil.rmtree(ckpt, ignore_errors=True)
+    for partial in run.glob(".eval_results_*.partial"):
+        partial.unlink(missing_ok=True)
+
+
+def run_pipeline(params: PipelineParams, run_dir: str | Path,
+                 enable_caching: bool = True) -> Outcome:
+    """Run (or resume) every stage into `run_dir`, holding its lock; returns what was
+    produced. `enable_caching=False` reruns every stage from scratch."""
+    run = check_output_dir(run_dir)  # before any work: a bad location fails in one line
+    with run_lock(run):
+        if not enable_caching:
+            forget_finished(run)
+        return _run_stages(resolved(params), run)
+
+
+def _run_stages(params: PipelineParams, run: Path) -> Outcome:
     from rlhfkit import compare, infer, policy, reward
 
     t0 = time.monotonic()
-    run = Path(run_dir)
     out = Outcome(run_dir=run)
     _stage(1, "validate", "checking every dataset before any work starts")
     counts = validate(params)
     log.info("  " + ", ".join(f"{v} {k} records" for k, v in counts.items()))
-    run.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run / PARAMS_FILE, params.to_dict())
+    atomic_write_json(run / PARAMS_FILE, {"parameter_values": params.to_dict(),
+                                          "fingerprints": fingerprints(params)})
     out.stages["validate"] = "ran"
 
     _stage(2, "train_reward", f"{params.reward_model_train_steps} steps on "
            f"{counts['preference']} preference pairs")
-    rcfg = reward.RewardConfig.from_params(params, run)
-    out.reward = reward.run(rcfg)
+    out.reward = reward.run(reward.RewardConfig.from_params(params, run))
     out.stages["train_reward"] = _status(out.reward)
 
     _stage(3, "train_policy", f"PPO, {params.reinforcement_learning_train_steps} steps on "
@@ -117,37 +165,20 @@ def run_pipeline(params: PipelineParams, run_dir: str | Path) -> Outcome:
         log.notice("no eval_dataset: bulk inference and compare are skipped")
         out.seconds = time.monotonic() - t0
         return out
-    eval_key = {"eval": data_fingerprint(params.eval_dataset), **params.subset(
-        "large_model_reference", "instruction", "prompt_sequence_length",
-        "target_sequence_length", "inference_temperature", "seed")}
 
-    def infer_cfg(output: Path, adapter: str | None) -> infer.Config:
-        return infer.Config(
-            model=params.large_model_reference, adapter=adapter,
-            eval_dataset=params.eval_dataset, output=str(output),
-            instruction=params.instruction,
-            prompt_sequence_length=params.prompt_sequence_length,
-            target_sequence_length=params.target_sequence_length,
-            temperature=params.inference_temperature, seed=params.seed,
-            trust_remote_code=params.trust_remote_code)
+    def infer_stage(name: str, model: str, output: str) -> str:
+        # The key is the prediction key by content: the model's (or the policy's) files,
+        # the eval data's bytes, the generation parameters; never a path.
+        cfg = infer.Config(model=model, eval_dataset=params.eval_dataset,
+                           output=str(run / output), params=params)
+        return _marked_stage(Stage(run / name, config_hash(cfg.prediction_key())),
+                             lambda: infer.run(cfg))
 
     _stage(4, "infer_base", f"bulk inference of the base model on {counts['eval']} prompts")
-    out.stages["infer_base"] = _marked_stage(
-        run / "infer_base" / "DONE", eval_key,
-        lambda: infer.run(infer_cfg(run / UNTUNED, None)))
-
+    out.stages["infer_base"] = infer_stage("infer_base", params.large_model_reference, UNTUNED)
     _stage(5, "infer_tuned", "bulk inference of the tuned model")
     # RUN/policy/ holds a LoRA adapter naming its base, or a full model: infer reads both.
-    policy_dir = run / policy.STAGE_DIR
-    tuned_key = {**eval_key, "policy": done_hash(policy_dir / "DONE")}
-
-    def infer_tuned() -> None:
-        cfg = infer_cfg(run / TUNED, None)
-        cfg.model = str(policy_dir)
-        infer.run(cfg)
-
-    out.stages["infer_tuned"] = _marked_stage(run / "infer_tuned" / "DONE", tuned_key,
-                                              infer_tuned)
+    out.stages["infer_tuned"] = infer_stage("infer_tuned", str(run / policy.STAGE_DIR), TUNED)
 
     _stage(6, "compare", "tuned vs base, side by side")
     result = compare.run(compare.Config.for_run(run))
@@ -164,6 +195,13 @@ def default_run_dir(pipeline_root: str | Path, display_name: str) -> Path:
     return Path(pipeline_root) / f"{display_name}-{stamp}"
 
 
+# The keyword arguments of `google.cloud.aiplatform.PipelineJob(...)` that mean nothing
+# locally (the ones with a local meaning are PipelineJob's own parameters below).
+VERTEX_JOB_ARGS = ("job_id", "labels", "credentials", "project", "location",
+                   "encryption_spec_key_name", "failure_policy", "input_artifacts",
+                   "enable_preflight_validations", "default_runtime")
+
+
 class PipelineJob:
     """The course's `aiplatform.PipelineJob(...)` call, run locally.
 
@@ -171,48 +209,43 @@ class PipelineJob:
     ...                   parameter_values=parameter_values)  # doctest: +SKIP
     >>> job.run()  # doctest: +SKIP
 
-    `template_path` (the compiled Vertex pipeline) and `enable_caching` are accepted for
-    compatibility: the stages are rlhfkit's own, and finished stages are always reused.
+    `enable_caching=False` reruns every stage (as Vertex skips no step); by default
+    finished stages are reused. `template_path` (the compiled Vertex pipeline) and
+    Vertex's cloud-only arguments (`VERTEX_JOB_ARGS`) are accepted with a notice; any other
+    keyword is an error naming the closest valid one.
     """
 
     def __init__(self, display_name: str, parameter_values: dict[str, Any],
                  pipeline_root: str | Path = "runs", run_dir: str | Path | None = None,
                  template_path: str | None = None, enable_caching: bool | None = None,
-                 **ignored: Any):
+                 **vertex_args: Any):
+        valid = ["display_name", "parameter_values", "pipeline_root", "run_dir",
+                 "template_path", "enable_caching", *VERTEX_JOB_ARGS]
+        for key in vertex_args:
+            if key not in VERTEX_JOB_ARGS:
+                close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+                raise RlhfkitError(f"PipelineJob: unknown argument {key!r}"
+                                   + (f"; did you mean {close[0]!r}?" if close else ""))
         self.display_name = display_name
         self.params = PipelineParams.from_dict(dict(parameter_values))
+        self.enable_caching = enable_caching is not False  # None: Vertex's default, on
         if template_path is not None:
             log.notice("template_path is ignored: rlhfkit runs its own stages "
                        "(use `rlhfkit compile` to get a Kubeflow pipeline)")
-        for key in ignored:
+        for key in vertex_args:
             log.notice(f"{key} is a Vertex AI setting with no local meaning; ignored")
         self.run_dir = Path(run_dir or self.params.output_dir
                             or default_run_dir(pipeline_root, display_name))
         self.outcome: Outcome | None = None
 
     def run(self) -> Outcome:
-        self.outcome = run_pipeline(self.params, self.run_dir)
+        self.outcome = run_pipeline(self.params, self.run_dir, self.enable_caching)
         print_summary(self.outcome)
         return self.outcome
 
 
 def _fmt(x: Any, spec: str = ".3f") -> str:
     return "n/a" if x is None else format(x, spec)
-
-
-def noise_ceiling(params: PipelineParams) -> tuple[float, float | None] | None:
-    """The demo world's label-noise ceiling (the best EXPECTED accuracy of any reward model)
-    and how often the noiseless gold preference agrees with the realised labels, when the
-    data came from `rlhfkit demo data`; None otherwise."""
-    spec = params.eval_dataset or params.preference_dataset
-    world = Path(spec).parent / "world.json" if "://" not in spec else None
-    if world is None or not world.is_file():
-        return None
-    info = json.loads(world.read_text())
-    part = "eval" if params.eval_dataset else "preference"
-    if info.get(f"noise_ceiling_{part}") is None:
-        return None
-    return info[f"noise_ceiling_{part}"], info.get(f"agreement_{part}")
 
 
 def verdict(c: dict, prefix: str) -> str:
@@ -232,13 +265,15 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
     lines = [f"run directory: {out.run_dir}   ({out.seconds / 60:.1f} min)",
              "stages: " + ", ".join(f"{k} {v}" for k, v in out.stages.items())]
     acc = out.reward.get("eval_accuracy")
-    ceiling = noise_ceiling(params)
+    # From the held-out pairs' own `chosen_probability` (the demo world's records carry it).
+    ceiling, agreement = out.reward.get("eval_noise_ceiling"), out.reward.get(
+        "eval_label_agreement")
     lines.append(f"reward model: held-out accuracy {_fmt(acc)}"
-                 + (f" (noise ceiling of the labels {ceiling[0]:.3f})" if ceiling else "")
+                 + (f" (noise ceiling of the labels {ceiling:.3f})" if ceiling else "")
                  + f" on {out.reward.get('eval_source', 'held-out pairs')}")
-    if ceiling and ceiling[1] is not None:  # a few hundred labels are a noisy yardstick
+    if ceiling and agreement is not None:  # a few hundred labels are a noisy yardstick
         lines.append(f"  (the ceiling is an expectation: the noiseless gold preference itself "
-                     f"agrees with {ceiling[1]:.3f} of these labels)")
+                     f"agrees with {agreement:.3f} of these labels)")
     expected = out.reward.get("eval_expected_accuracy")
     if expected is not None:
         lines.append(f"  expected accuracy over the label noise {expected:.3f}, "
@@ -267,19 +302,26 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
     return lines
 
 
+SUMMARY_FILE = "summary.txt"  # the summary as printed; benchmarks/demo_excerpt.py reads it
+
+
 def print_summary(out: Outcome) -> None:
+    """Print the one-screen summary and keep it as RUN/summary.txt (the README's demo
+    excerpt is made from that file, never edited by hand)."""
     params = PipelineParams.from_file(out.run_dir / PARAMS_FILE, quiet=True)
-    log.info("\n== summary ==")
-    for line in summary_lines(out, params):
-        log.info(line)
+    lines = ["== summary ==", *summary_lines(out, params)]
+    log.info("\n" + "\n".join(lines))
+    if log.is_main_process():
+        atomic_write_text(out.run_dir / SUMMARY_FILE, "\n".join(lines) + "\n")
 
 
-def run_from_file(params_file: str | Path, output_dir: str | Path | None) -> Outcome:
+def run_from_file(params_file: str | Path, output_dir: str | Path | None,
+                  enable_caching: bool = True) -> Outcome:
     params = PipelineParams.from_file(params_file)
     run_dir = output_dir or params.output_dir
     if not run_dir:
         raise RlhfkitError(f"{params_file}: give --output-dir RUN (or output_dir in the file)")
     params.output_dir = str(run_dir)
-    out = run_pipeline(params, run_dir)
+    out = run_pipeline(params, run_dir, enable_caching)
     print_summary(out)
     return out

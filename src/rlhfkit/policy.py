@@ -35,10 +35,10 @@ from rlhfkit.models import encode_prompts, pick_dtype
 from rlhfkit.policy_files import META_FILE, STAGE_DIR, resume, save_state, write_outputs
 from rlhfkit.policy_model import Roles, build_roles
 from rlhfkit.runstate import (
-    config_hash,
     done_hash,
     is_done,
     seed_everything,
+    stage_key,
 )
 from rlhfkit.training import TensorBoard, make_accelerator, reduce_mean, warmup_decay_schedule
 
@@ -122,7 +122,7 @@ class PolicyConfig:
                 "samples_every_steps", "kl_warning"}
         values = {k: v for k, v in asdict(self).items() if k not in skip}
         values["reward_model"] = done_hash(self.reward_dir / "DONE") or str(self.reward_dir)
-        return config_hash(values)
+        return stage_key(values)  # datasets and models by content, not by path
 
 
 # -- the prompt loader ------------------------------------------------------------------------

@@ -1,45 +1,47 @@
-"""What the RL stage writes: checkpoints (and resuming from them) and RUN/policy.
+"""What the RL stage writes: checkpoints (and resuming from them) and RUN/policy, through
+the shared stage machinery (`runstate.Stage`: same checkpoint, resume, pruning and
+publish as the reward model).
 
 RUN/policy/checkpoint-N/ holds what step N needs to continue exactly: the trained weights
 (adapters + value head, or the full policy + value head), optimizer and scheduler state,
 the KL controller's coefficient, the prompt loader's position and the reward
-normalisation. No RNG state: every step reseeds from (seed, step, rank), so a resumed run
-draws the numbers an uninterrupted one would.
+normalisation, plus the RNG state every stage's checkpoint carries (the policy also reseeds
+every step from (seed, step, rank), so a resumed run draws the numbers an uninterrupted
+one would).
 
 RUN/policy/ at the end: the policy adapter (a plain peft adapter of the base causal LM:
 adapter_config.json + adapter_model.safetensors) or the full weights, the tokenizer,
-rlhfkit.json, optionally merged/ (a full model), then DONE.
+rlhfkit.json, optionally merged/ (a full model), then DONE, published in one rename.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from rlhfkit import log
 from rlhfkit.io import atomic_write_json
 from rlhfkit.models import resolve_model_reference
-from rlhfkit.runstate import latest_checkpoint, mark_done, remove_checkpoints, save_checkpoint
+from rlhfkit.runstate import META_FILE, Stage
 
 if TYPE_CHECKING:
     from rlhfkit.policy import Trainer
 
 STAGE_DIR = "policy"
-META_FILE = "rlhfkit.json"
+__all__ = ["META_FILE", "STAGE_DIR", "resume", "save_policy", "save_state", "write_outputs"]
+
+
+def _stage(t: Trainer, h: str) -> Stage:
+    return Stage(Path(t.cfg.run_dir) / STAGE_DIR, h)
 
 
 # -- checkpoints ------------------------------------------------------------------------------
 
 def save_state(t: Trainer, step: int, h: str) -> None:
     """RUN/policy/checkpoint-{step}: trained weights (adapters + value head, or the full
-    policy), optimizer, scheduler, KL controller, prompt position, reward normalisation.
-    No RNG state is needed: every step reseeds from (seed, step, rank)."""
+    policy), optimizer, scheduler, KL controller, prompt position, reward normalisation."""
     from safetensors.torch import save_file
 
     if t.accelerator.is_main_process:
@@ -49,31 +51,22 @@ def save_state(t: Trainer, step: int, h: str) -> None:
             save_file(weights, str(tmp / "trainable.safetensors"))
             torch.save({"optimizer": t.optimizer.state_dict(),
                         "scheduler": t.scheduler.state_dict()}, tmp / "optimizer.pt")
-            atomic_write_json(tmp / "state.json", {
-                "step": step, "config_hash": h, "kl_coeff": t.kl_ctl.value,
-                "prompts": t.order.state(), "reward_norm": t.reward_norm})
-        save_checkpoint(t.cfg.run_dir / STAGE_DIR, step, write)
+
+        _stage(t, h).save_checkpoint(step, write, {
+            "kl_coeff": t.kl_ctl.value, "prompts": t.order.state(),
+            "reward_norm": t.reward_norm})
     t.accelerator.wait_for_everyone()
 
 
 def resume(t: Trainer, h: str) -> int:
     """Load the newest checkpoint made with the same parameters; return its step (the
-    steps done; 0 for a fresh start).
-    Without one, start clean: stale outputs and checkpoints of other parameters go."""
+    steps done; 0 for a fresh start). Checkpoints of other parameters are removed."""
     from safetensors.torch import load_file
 
-    stage = t.cfg.run_dir / STAGE_DIR
-    found = latest_checkpoint(stage)
-    state = json.loads((found[1] / "state.json").read_text()) if found else None
-    if state is None or state.get("config_hash") != h:
-        if found:
-            log.notice(f"{stage}: checkpoints were made with other parameters; starting over")
-        t.accelerator.wait_for_everyone()
-        if t.accelerator.is_main_process and stage.exists():
-            shutil.rmtree(stage)
-        t.accelerator.wait_for_everyone()
+    found = _stage(t, h).resume(t.accelerator)
+    if found is None:
         return 0
-    path = found[1]
+    path, state = found.path, found.state
     weights = load_file(str(path / "trainable.safetensors"))
     with torch.no_grad():
         for name, p in t.roles.trainable_parameters().items():
@@ -85,8 +78,7 @@ def resume(t: Trainer, h: str) -> int:
     t.kl_ctl.value = state["kl_coeff"]
     t.order.epoch, t.order.position = state["prompts"]["epoch"], state["prompts"]["position"]
     t.reward_norm = tuple(state["reward_norm"]) if state["reward_norm"] else None
-    log.info(f"policy: resuming from {path} (step {state['step']})")
-    return state["step"]
+    return found.step
 
 
 # -- outputs ------------------------------------------------------------------------------------
@@ -131,22 +123,10 @@ def save_policy(t: Trainer, out: Path, final: dict) -> dict:
 
 
 def write_outputs(t: Trainer, h: str, final: dict) -> dict:
-    """Write the outputs next to the checkpoints, then DONE, then drop the checkpoints.
-    Files are built in a temporary directory and moved in; DONE comes last."""
-    stage = t.cfg.run_dir / STAGE_DIR
+    """Publish RUN/policy (outputs, then DONE, in one rename; the checkpoints go with the
+    old directory) and return its rlhfkit.json."""
+    stage = _stage(t, h)
     if t.accelerator.is_main_process:
-        stage.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=stage, prefix=".output.", suffix=".tmp"))
-        try:
-            save_policy(t, tmp, final)
-            for entry in tmp.iterdir():
-                dest = stage / entry.name
-                if dest.is_dir():
-                    shutil.rmtree(dest)
-                os.replace(entry, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        mark_done(stage / "DONE", h)
-        remove_checkpoints(stage)
+        stage.publish(lambda tmp: save_policy(t, tmp, final))
     t.accelerator.wait_for_everyone()
-    return json.loads((stage / META_FILE).read_text())
+    return json.loads((stage.dir / META_FILE).read_text())

@@ -218,7 +218,7 @@ class Roles(torch.nn.Module):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             pos = pos[:, -1:] + 1
             out = self.lm(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
-                          past_key_values=out.past_key_values, use_cache=True)
+                          cache=out.cache, use_cache=True)  # transformers 5's cache API
         return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropy, 1)
 
     def reward_inputs(self, query_ids, query_mask, responses, resp_mask

@@ -37,7 +37,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ import torch
 
 from rlhfkit import log, models, runstate, training
 from rlhfkit.errors import RlhfkitError
+from rlhfkit.params import PipelineParams
 from rlhfkit.reward_data import (
     Pairs,
     encode_pairs,
@@ -73,56 +74,44 @@ BASE_LR_LORA = 1e-4
 BASE_LR_FULL = 1e-5
 WEIGHT_DECAY = 0.0  # none: few steps, and the LoRA delta / head start at small values
 MAX_GRAD_NORM = 1.0  # global L2 norm the gradient is clipped to before each step
-KEEP_CHECKPOINTS = 2  # newest checkpoints kept on disk while training
 # Held-out evaluations per run (plus one at the last step) when eval_every_steps is None:
 # enough points for a TensorBoard curve; each one scores every held-out pair twice.
 EVALS_PER_RUN = 8
 
 STAGE_DIR, LOGS_DIR = "reward_model", "reward-logs"
+CHOSEN_PROBABILITY = "chosen_probability"  # optional key of a preference record (see below)
+
+
+# The parameters the trained weights depend on (besides the base model's and the data's
+# content): the DONE hash covers these. Not: micro_batch_size (memory only), cadences.
+WEIGHTS_FIELDS = ("instruction", "prompt_sequence_length", "target_sequence_length",
+                  "reward_model_train_steps", "reward_model_learning_rate_multiplier",
+                  "batch_size", "reward_lora_dim", "reward_holdout_fraction", "seed")
 
 
 @dataclass
 class RewardConfig:
-    """Everything the stage depends on; names as in PipelineParams. Lengths in tokens,
-    batch sizes in preference pairs, steps in optimizer steps."""
+    """The stage's inputs: the pipeline's `params` (every name, default, unit and check
+    lives in PipelineParams) plus the options of this stage alone."""
 
-    preference_dataset: str
-    large_model_reference: str
+    params: PipelineParams
     output_dir: str  # RUN: writes RUN/reward_model/ and RUN/reward-logs/
-    eval_dataset: str | None = None
-    reward_model_reference: str | None = None  # None: Vertex's choice for the policy
-    instruction: str | None = None
-    prompt_sequence_length: int = 512
-    target_sequence_length: int = 64
-    reward_model_train_steps: int = 1000
-    reward_model_learning_rate_multiplier: float = 1.0
-    batch_size: int = 64  # pairs per optimizer step, over all processes
-    micro_batch_size: int | None = None  # pairs per forward pass per process; None = all
-    reward_lora_dim: int = 4  # 0 = full tuning
-    reward_holdout_fraction: float = 0.1
-    seed: int = 0
-    checkpoint_every_steps: int = 50
     eval_every_steps: int | None = None  # None: EVALS_PER_RUN times per run
-    trust_remote_code: bool = False
     progress: bool = True  # the live progress bar (rank 0, terminals only)
 
     @classmethod
-    def from_params(cls, params, output_dir: str | Path) -> RewardConfig:
-        names = [f for f in cls.__dataclass_fields__ if hasattr(params, f)
-                 and f != "output_dir"]
-        return cls(output_dir=str(output_dir), **{n: getattr(params, n) for n in names})
+    def from_params(cls, params: PipelineParams, output_dir: str | Path,
+                    **options: Any) -> RewardConfig:
+        return cls(params=params, output_dir=str(output_dir), **options)
 
     @property
     def learning_rate(self) -> float:
-        base = BASE_LR_LORA if self.reward_lora_dim > 0 else BASE_LR_FULL
-        return base * self.reward_model_learning_rate_multiplier
+        base = BASE_LR_LORA if self.params.reward_lora_dim > 0 else BASE_LR_FULL
+        return base * self.params.reward_model_learning_rate_multiplier
 
     def weights_key(self) -> dict[str, Any]:
-        """The values the trained weights depend on (the DONE marker hashes these plus the
-        data). Not: output_dir, micro_batch_size (memory only), cadences, progress."""
-        skip = {"output_dir", "micro_batch_size", "checkpoint_every_steps",
-                "eval_every_steps", "progress", "trust_remote_code"}
-        return {k: v for k, v in asdict(self).items() if k not in skip}
+        """The parameter values the trained weights depend on."""
+        return self.params.subset(*WEIGHTS_FIELDS)
 
 
 # -- maths (pure functions) -----------------------------------------------------------------
@@ -156,12 +145,13 @@ def load_data(cfg: RewardConfig) -> tuple[list[dict], list[dict], str]:
     """(train records, held-out records, where the held-out pairs come from)."""
     from rlhfkit.data import has_preferences, load_dataset
 
-    prefs = load_dataset(cfg.preference_dataset, "preference")
-    if cfg.eval_dataset:
-        evals = load_dataset(cfg.eval_dataset, "eval")
+    prefs = load_dataset(cfg.params.preference_dataset, "preference")
+    if cfg.params.eval_dataset:
+        evals = load_dataset(cfg.params.eval_dataset, "eval")
         if has_preferences(evals):
             return prefs, evals, "eval_dataset"
-    train_idx, held_idx = split_holdout(len(prefs), cfg.reward_holdout_fraction, cfg.seed)
+    train_idx, held_idx = split_holdout(len(prefs), cfg.params.reward_holdout_fraction,
+                                        cfg.params.seed)
     log.info(f"reward model: holding out {len(held_idx)} of {len(prefs)} preference pairs "
              "for accuracy (the eval dataset, if any, has no preference fields)")
     return [prefs[i] for i in train_idx], [prefs[i] for i in held_idx], "holdout"
@@ -242,28 +232,26 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_checkpoint(stage_dir: Path, step: int, model: RewardModel, optimizer, scheduler,
-                    position: tuple[int, int], h: str) -> Path:
+def save_checkpoint(stage: runstate.Stage, step: int, model: RewardModel, optimizer,
+                    scheduler, position: tuple[int, int]) -> Path:
     """checkpoint-{step}/: the trainable weights (adapter + head, or all) as safetensors,
-    the optimizer state, scheduler, RNG states and data position."""
+    the optimizer state, scheduler and data position (+ the RNG state `Stage` adds)."""
     from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
         save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        state = {"step": step, "epoch": position[0], "index": position[1],
-                 "config_hash": h, "scheduler": scheduler.state_dict(),
-                 "rng": runstate.rng_state()}
-        (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
 
-    return runstate.save_checkpoint(stage_dir, step, write, keep=KEEP_CHECKPOINTS)
+    return stage.save_checkpoint(step, write, {
+        "epoch": position[0], "index": position[1], "scheduler": scheduler.state_dict()})
 
 
-def load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler) -> dict:
-    """Restore what `save_checkpoint` wrote (before accelerator.prepare); returns its state."""
+def load_checkpoint(found: runstate.Checkpoint, model: RewardModel, optimizer,
+                    scheduler) -> None:
+    """Restore what `save_checkpoint` wrote (before accelerator.prepare)."""
     from safetensors.torch import load_file
 
-    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    path = found.path
     tensors = load_file(str(path / "trainable.safetensors"))
     params = dict(model.named_parameters())
     wanted = {n for n, p in params.items() if p.requires_grad}
@@ -274,9 +262,7 @@ def load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler) -> dic
         for name, t in tensors.items():
             params[name].copy_(t)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(state["scheduler"])
-    runstate.set_rng_state(state["rng"])
-    return state
+    scheduler.load_state_dict(found.state["scheduler"])
 
 
 # -- the stage --------------------------------------------------------------------------------
@@ -284,7 +270,8 @@ def load_checkpoint(path: Path, model: RewardModel, optimizer, scheduler) -> dic
 def resolve_base(cfg: RewardConfig) -> str:
     """Vertex's reward-model base for the policy (or the explicit one), resolved to a hub id
     or an absolute local directory (so the adapter loads from any working directory)."""
-    ref = models.reward_reference(cfg.large_model_reference, cfg.reward_model_reference)
+    p = cfg.params
+    ref = models.reward_reference(p.large_model_reference, p.reward_model_reference)
     base = models.resolve_model_reference(ref)
     return str(Path(base).resolve()) if Path(base).is_dir() else base
 
@@ -312,48 +299,56 @@ def _summary(step: int, total: int, m: dict[str, float]) -> str:
 
 def run(cfg: RewardConfig) -> dict[str, Any]:
     """Train (or resume, or skip when DONE) the reward model; returns outputs and metrics."""
-    if cfg.batch_size <= 0 or cfg.reward_model_train_steps <= 0:
-        raise RlhfkitError("batch_size and reward_model_train_steps must be > 0")
+    from rlhfkit.io import check_output_dir
+
+    check_output_dir(cfg.output_dir)  # before any work: a bad location fails in one line
     stage_dir = Path(cfg.output_dir) / STAGE_DIR
     logs_dir = Path(cfg.output_dir) / LOGS_DIR
     base = resolve_base(cfg)
     train_recs, eval_recs, eval_source = load_data(cfg)
+    # Content, not paths: the records used and the base model's files.
     data_key = runstate.config_hash({"train": train_recs, "eval": eval_recs})
-    h = runstate.config_hash({**cfg.weights_key(), "base_model": base, "data": data_key})
-    if runstate.is_done(stage_dir / "DONE", h):
+    h = runstate.config_hash({**cfg.weights_key(), "base_model": runstate.model_fingerprint(
+        base), "data": data_key})
+    stage = runstate.Stage(stage_dir, h)
+    if stage.is_done():
         log.info(f"{stage_dir}: already trained with these parameters (DONE); skipping")
         meta = json.loads((stage_dir / META_FILE).read_text(encoding="utf-8"))
         return _outputs(stage_dir, logs_dir, meta, skipped=True, start=None)
 
     accelerator = training.make_accelerator()
-    world, total = accelerator.num_processes, cfg.reward_model_train_steps
-    if cfg.batch_size % world:
-        raise RlhfkitError(f"batch_size ({cfg.batch_size}) must be divisible by the number "
+    world, total = accelerator.num_processes, cfg.params.reward_model_train_steps
+    if cfg.params.batch_size % world:
+        raise RlhfkitError(f"batch_size ({cfg.params.batch_size}) must be divisible by the number "
                            f"of processes ({world}): every process takes an equal share")
-    local = cfg.batch_size // world
-    micro = min(cfg.micro_batch_size or local, local)
-    runstate.seed_everything(cfg.seed)  # same LoRA / head initialisation on every rank
-    tokenizer = models.load_tokenizer(base, cfg.trust_remote_code)
+    local = cfg.params.batch_size // world
+    micro = min(cfg.params.micro_batch_size or local, local)
+    runstate.seed_everything(cfg.params.seed)  # same LoRA / head initialisation on every rank
+    tokenizer = models.load_tokenizer(base, cfg.params.trust_remote_code)
     pad_id = tokenizer.pad_token_id
-    model = build_model(base, tokenizer, cfg.reward_lora_dim, cfg.trust_remote_code,
+    model = build_model(base, tokenizer, cfg.params.reward_lora_dim, cfg.params.trust_remote_code,
                         models.pick_dtype(accelerator.device))
-    lengths = (cfg.prompt_sequence_length, cfg.target_sequence_length)
-    train = encode_pairs(tokenizer, train_recs, cfg.instruction, *lengths)
-    held = encode_pairs(tokenizer, eval_recs, cfg.instruction, *lengths)
-    held.chosen_prob = _demo_chosen_prob(eval_recs)
+    lengths = (cfg.params.prompt_sequence_length, cfg.params.target_sequence_length)
+    train = encode_pairs(tokenizer, train_recs, cfg.params.instruction, *lengths)
+    held = encode_pairs(tokenizer, eval_recs, cfg.params.instruction, *lengths)
+    held.chosen_prob = chosen_probabilities(eval_recs)
     held = _by_length(held)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=cfg.learning_rate, weight_decay=WEIGHT_DECAY)
     scheduler = training.warmup_decay_schedule(optimizer, total)
-    start = _resume(stage_dir, h, model, optimizer, scheduler, accelerator)
+    found = stage.resume(accelerator)
+    if found is not None:
+        load_checkpoint(found, model, optimizer, scheduler)
+    start = found.step if found is not None else 0
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     main = accelerator.is_main_process
     log.info(f"reward model: base {base}, "
-             + (f"LoRA rank {cfg.reward_lora_dim}" if cfg.reward_lora_dim else "full tuning")
+             + (f"LoRA rank {cfg.params.reward_lora_dim}" if cfg.params.reward_lora_dim
+                else "full tuning")
              + f", {models.count_parameters(raw, trainable_only=True):,} trainable parameters, "
              f"{len(train)} train / {len(held)} held-out pairs ({eval_source}), "
-             f"{total} steps of {cfg.batch_size} pairs on {world} process(es), "
+             f"{total} steps of {cfg.params.batch_size} pairs on {world} process(es), "
              f"lr {cfg.learning_rate:g}")
 
     tb = training.TensorBoard(logs_dir, purge_step=start + 1)  # hide what a killed run logged
@@ -363,7 +358,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     with _progress(cfg.progress and main) as progress:
         task = progress.add_task("train", total=total, completed=start, stats="")
         for step in range(start + 1, total + 1):
-            batch = global_batch(step - 1, cfg.batch_size, len(train), cfg.seed)
+            batch = global_batch(step - 1, cfg.params.batch_size, len(train), cfg.params.seed)
             pairs = train.subset(rank_slice(batch, accelerator.process_index, world))
             lr = scheduler.get_last_lr()[0]
             metrics = training.reduce_mean(
@@ -377,80 +372,79 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
             tb.scalars(metrics, step)
             progress.update(task, completed=step, stats=f"rank_loss {metrics['rank_loss']:.3f}"
                             f"  accuracy {metrics['accuracy']:.2f}")
-            if step % cfg.checkpoint_every_steps == 0 and step < total and main:
-                position = divmod(step * cfg.batch_size, len(train))
-                save_checkpoint(stage_dir, step, raw, optimizer, scheduler, position, h)
+            if step % cfg.params.checkpoint_every_steps == 0 and step < total and main:
+                position = divmod(step * cfg.params.batch_size, len(train))
+                save_checkpoint(stage, step, raw, optimizer, scheduler, position)
 
-    meta = _metadata(cfg, base, h, metrics, eval_source, len(train), len(held))
+    meta = _metadata(cfg, base, h, metrics, eval_source, len(train), len(held),
+                     label_noise(held.chosen_prob))
     tb.hparams({**cfg.weights_key(), "base_model": base, "learning_rate": cfg.learning_rate},
                {"hparam/eval_accuracy": meta["eval_accuracy"],
                 "hparam/eval_rank_loss": meta["eval_rank_loss"]})
     tb.close()
     if main:
-        _write_outputs(stage_dir, raw, tokenizer, meta, h)
+        _write_outputs(stage, raw, tokenizer, meta)
     accelerator.wait_for_everyone()
     log.info(f"reward model: {total - start} steps in {time.monotonic() - t0:.0f}s")
     return _outputs(stage_dir, logs_dir, meta, skipped=False, start=start)
 
 
-def _demo_chosen_prob(records: list[dict]) -> list[float] | None:
-    """For demo-world held-out pairs, each label's probability (for the expected
-    accuracy, the noise ceiling's units); None for any other data."""
-    from rlhfkit.demo import world
-
-    if not records or not all(world.is_demo_record(r) for r in records):
+def chosen_probabilities(records: list[dict]) -> list[float] | None:
+    """Each held-out pair's `chosen_probability` (the probability a labeller prefers the
+    chosen candidate, e.g. the demo world's gold annotator, or the vote share of several
+    human labellers), when every record carries one in [0, 1]; else None."""
+    probs = [r.get(CHOSEN_PROBABILITY) for r in records]
+    if not probs or not all(isinstance(p, (int, float)) and not isinstance(p, bool)
+                            and 0.0 <= p <= 1.0 for p in probs):
         return None
-    return [world.chosen_probability(r) for r in records]
+    return [float(p) for p in probs]
+
+
+def label_noise(chosen_prob: list[float] | None) -> dict[str, float | None]:
+    """What the labels' noise allows, from each pair's probability p that a labeller prefers
+    the chosen candidate: the noise ceiling mean(max(p, 1 - p)) (the best EXPECTED accuracy
+    of any reward model) and how often the label agrees with the noiseless preference
+    (p > 0.5; pairs with p = 0.5 have none)."""
+    if not chosen_prob:
+        return {"noise_ceiling": None, "label_agreement": None}
+    decided = [p for p in chosen_prob if p != 0.5]
+    return {"noise_ceiling": sum(max(p, 1 - p) for p in chosen_prob) / len(chosen_prob),
+            "label_agreement": (sum(p > 0.5 for p in decided) / len(decided)
+                                if decided else None)}
 
 
 def _metadata(cfg: RewardConfig, base: str, h: str, metrics: dict[str, float],
-              eval_source: str, n_train: int, n_held: int) -> dict[str, Any]:
+              eval_source: str, n_train: int, n_held: int,
+              noise: dict[str, float | None]) -> dict[str, Any]:
     """RUN/reward_model/rlhfkit.json: what a reader needs to load and use the model."""
-    return {"kind": "reward_model", "base_model": base, "lora_dim": cfg.reward_lora_dim,
-            "instruction": cfg.instruction,
-            "prompt_sequence_length": cfg.prompt_sequence_length,
-            "target_sequence_length": cfg.target_sequence_length, "append_eos": True,
+    return {"kind": "reward_model", "base_model": base, "lora_dim": cfg.params.reward_lora_dim,
+            "instruction": cfg.params.instruction,
+            "prompt_sequence_length": cfg.params.prompt_sequence_length,
+            "target_sequence_length": cfg.params.target_sequence_length, "append_eos": True,
             "eval_accuracy": metrics["eval/accuracy"],
             "eval_rank_loss": metrics["eval/rank_loss"], "eval_source": eval_source,
             "eval_expected_accuracy": metrics.get("eval/expected_accuracy"),
             "eval_pairs": n_held, "train_pairs": n_train,
-            "steps": cfg.reward_model_train_steps, "batch_size": cfg.batch_size,
-            "learning_rate": cfg.learning_rate, "seed": cfg.seed, "config_hash": h}
+            "steps": cfg.params.reward_model_train_steps, "batch_size": cfg.params.batch_size,
+            "learning_rate": cfg.learning_rate, "seed": cfg.params.seed, "config_hash": h,
+            **{f"eval_{k}": v for k, v in noise.items()}}
 
 
-def _resume(stage_dir: Path, h: str, model, optimizer, scheduler, accelerator) -> int:
-    """The step to start from: the newest checkpoint's, or 0. Checkpoints written with
-    other parameters are removed (by rank 0, once every rank has looked)."""
-    found = runstate.latest_checkpoint(stage_dir)
-    if found is None:
-        return 0
-    step, path = found
-    stale = json.loads((path / "state.json").read_text(encoding="utf-8"))["config_hash"] != h
-    if not stale:
-        load_checkpoint(path, model, optimizer, scheduler)
-        log.info(f"reward model: resuming from {path}")
-        return step
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        log.notice(f"{stage_dir}: removing checkpoints of a run with other parameters")
-        runstate.remove_checkpoints(stage_dir)
-    accelerator.wait_for_everyone()
-    return 0
+def _write_outputs(stage: runstate.Stage, model: RewardModel, tokenizer, meta: dict) -> None:
+    """RUN/reward_model/ published by `Stage`: the final files, DONE last, in one rename;
+    the checkpoints go with the old directory."""
+    from rlhfkit.io import atomic_write_json
 
-
-def _write_outputs(stage_dir: Path, model: RewardModel, tokenizer, meta: dict, h: str) -> None:
-    """RUN/reward_model/ replaced atomically by the final files, DONE written last inside
-    it; the checkpoints go with the old directory."""
-    from rlhfkit.io import atomic_dir, atomic_write_json
-
-    with quiet_transformers(), atomic_dir(stage_dir) as tmp:
+    def write(tmp: Path) -> None:
         # peft: adapter_model.safetensors (LoRA + score head) + adapter_config.json;
         # full tuning: model.safetensors + config.json.
         model.model.save_pretrained(str(tmp))
         (tmp / "README.md").unlink(missing_ok=True)  # peft's placeholder model card
         tokenizer.save_pretrained(str(tmp))
         atomic_write_json(tmp / META_FILE, meta)
-        runstate.mark_done(tmp / "DONE", h)
+
+    with quiet_transformers():
+        stage.publish(write)
 
 
 def _outputs(stage_dir: Path, logs_dir: Path, meta: dict, skipped: bool,
@@ -461,4 +455,6 @@ def _outputs(stage_dir: Path, logs_dir: Path, meta: dict, skipped: bool,
             "resumed_from_step": start,
             "eval_accuracy": meta["eval_accuracy"], "eval_rank_loss": meta["eval_rank_loss"],
             "eval_expected_accuracy": meta.get("eval_expected_accuracy"),
+            "eval_noise_ceiling": meta.get("eval_noise_ceiling"),
+            "eval_label_agreement": meta.get("eval_label_agreement"),
             "eval_source": meta["eval_source"], "steps": meta["steps"], "skipped": skipped}

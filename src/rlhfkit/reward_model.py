@@ -22,9 +22,9 @@ import torch
 from rlhfkit import models, training
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.reward_data import encode_for_scoring
+from rlhfkit.runstate import META_FILE  # the reward model's metadata, next to its weights
 
 SCORE_BATCH_SIZE = 16  # sequences per forward pass when scoring with RewardScorer
-META_FILE = "rlhfkit.json"  # the reward model's metadata, next to its weights
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -68,14 +68,15 @@ def pair_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     backbone, head = _backbone_and_head(model)
     n = input_ids.shape[0]
     positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    # transformers 5 names the key/value cache `cache` (`past_key_values` is deprecated).
     cache = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions,
-                     use_cache=True).past_key_values
+                     use_cache=True).cache
     cache.reorder_cache(torch.arange(n, device=input_ids.device).repeat(2))  # chosen, rejected
     start = attention_mask.long().sum(-1).repeat(2)[:, None]  # real prefix tokens of each row
     suffix_positions = start + torch.arange(suffix_ids.shape[1], device=suffix_ids.device)
     hidden = backbone(input_ids=suffix_ids,
                       attention_mask=torch.cat([attention_mask.repeat(2, 1), suffix_mask], 1),
-                      position_ids=suffix_positions, past_key_values=cache,
+                      position_ids=suffix_positions, cache=cache,
                       use_cache=True).last_hidden_state
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     return head(hidden[rows, last_token_index(suffix_mask).to(hidden.device)]).squeeze(-1).float()
@@ -176,6 +177,7 @@ def load_reward_model(reward_model_dir: str | Path, base_model: str | None = Non
         if base.startswith(("/", ".", "~")) and not Path(base).expanduser().is_dir():
             raise RlhfkitError(f"{path}: its base model {base} (from {META_FILE}) is gone; "
                                "pass the base model's new location (base_model=...)")
+        models.check_adapter_weights(path)  # before the base model is even loaded
         hf = _load_scalar(base, tokenizer, trust_remote_code, dtype)
         with quiet_transformers():
             hf = PeftModel.from_pretrained(hf, str(path))

@@ -98,13 +98,20 @@ class TensorBoard:
             self.writer.close()
 
 
-def check_finite(step: int, **values: torch.Tensor | float) -> None:
-    """Stop with a clear message naming the step when a loss or logits go NaN / inf."""
+def check_finite(step: int, accelerator=None, **values: torch.Tensor | float) -> None:
+    """Stop with a clear message naming the step when a loss or logits go NaN / inf.
+
+    With `accelerator` of a multi-process run, every rank learns which values went bad on
+    any rank and all raise together (one rank raising alone would leave the others waiting
+    in the next collective)."""
     from rlhfkit.errors import RlhfkitError
 
-    for name, value in values.items():
-        t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-        if not torch.isfinite(t).all():
+    bad = torch.tensor([float(not torch.isfinite(torch.as_tensor(v)).all())
+                        for v in values.values()])
+    if accelerator is not None and accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad.to(accelerator.device), reduction="sum").cpu()
+    for name, flag in zip(values, bad.tolist(), strict=True):
+        if flag:
             raise RlhfkitError(
                 f"step {step}: {name} is not finite (NaN or inf); the last good checkpoint "
                 "is kept. Lower the learning-rate multiplier or check the data.")

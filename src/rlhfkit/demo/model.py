@@ -19,6 +19,7 @@ Reading order: presets, pretraining data, tokenizer, packing, model, `run(cfg)`,
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -89,7 +90,44 @@ class Config:
     preset: str = "demo"
     seed: int = 0
     steps: int | None = None  # None: the preset's
-    threads: int = 2  # torch CPU threads
+
+
+# torch CPU threads of every build, whatever the machine or the caller: the split of a
+# matmul's work between threads changes the floating-point summation order, so a build
+# with 1 thread and one with 2 differ in the last bits after a few steps (measured:
+# tiny preset, 4 steps). Pinned, the bytes depend on the seed alone (on one CPU
+# instruction set; see docs). Two threads: the speed of the 2-core machines it runs on.
+BUILD_THREADS = 2
+# The CPU instruction set the kernels use changes the bits too (measured: the tiny preset
+# differs between ATen's AVX-512 and AVX2 kernels, and between MKL's code paths), so
+# `rlhfkit demo model` builds in a child process with both pinned to AVX2, which every
+# x86-64 CPU since 2013 has: one seed, one set of bytes on any such machine.
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+
+def _has_avx2() -> bool:
+    try:
+        return " avx2" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def build(cfg: Config) -> int:
+    """`rlhfkit demo model`: `run(cfg)` in a child process whose kernels are pinned
+    (PINNED_ENV) unless this process already is; returns the exit code. Without AVX2 (an
+    ARM machine, say) it runs here, reproducible on that kind of machine only."""
+    import os
+    import subprocess
+    import sys
+
+    if all(os.environ.get(k) == v for k, v in PINNED_ENV.items()) or not _has_avx2():
+        run(cfg)
+        return 0
+    args = [sys.executable, "-m", "rlhfkit", "demo", "model", cfg.output_dir,
+            "--preset", cfg.preset, "--seed", str(cfg.seed)]
+    if cfg.steps is not None:
+        args += ["--steps", str(cfg.steps)]
+    return subprocess.run(args, env={**os.environ, **PINNED_ENV}, check=False).returncode
 
 
 # -- data --------------------------------------------------------------------------------
@@ -281,26 +319,26 @@ def run(cfg: Config) -> dict:
     steps = preset.steps if cfg.steps is None else cfg.steps
     if steps < 0:
         raise RlhfkitError(f"--steps must be >= 0, got {steps}")
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    tokenizer = build_tokenizer(preset.vocab_size, cfg.seed, preset.max_position_embeddings,
-                                preset.tokenizer_posts)
-    model = build_model(preset, tokenizer)
-    losses = pretrain(model, tokenizer, preset, steps, cfg.seed)
-    train_seconds = time.perf_counter() - start
-    cpu_seconds = time.process_time() - cpu_start  # all threads; = wall x threads when idle
-    check = [p.record() for p in w.make_posts(
-        preset.check_prompts, w.stream(cfg.seed, "model-check"), "check")]
-    greedy = generate(model, tokenizer, check, greedy=True)
-    sampled = generate(model, tokenizer, check, greedy=False, seed=cfg.seed)
+    with _reproducible():
+        torch.manual_seed(cfg.seed)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        tokenizer = build_tokenizer(preset.vocab_size, cfg.seed,
+                                    preset.max_position_embeddings, preset.tokenizer_posts)
+        model = build_model(preset, tokenizer)
+        losses = pretrain(model, tokenizer, preset, steps, cfg.seed)
+        train_seconds = time.perf_counter() - start
+        cpu_seconds = time.process_time() - cpu_start  # all threads; = wall x threads if idle
+        check = [p.record() for p in w.make_posts(
+            preset.check_prompts, w.stream(cfg.seed, "model-check"), "check")]
+        greedy = generate(model, tokenizer, check, greedy=True)
+        sampled = generate(model, tokenizer, check, greedy=False, seed=cfg.seed)
     tail = losses[-20:]
     info = {
         "preset": cfg.preset, **asdict(preset), "steps": steps, "seed": cfg.seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
         "train_seconds": round(train_seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
-        "threads": cfg.threads,
+        "threads": BUILD_THREADS,
         "gold_greedy": round(_mean(w.gold_score(r, s) for r, s in zip(check, greedy,
                                                                         strict=True)), 3),
         "gold_sampled": round(_mean(w.gold_score(r, s) for r, s in zip(check, sampled,
@@ -316,6 +354,20 @@ def run(cfg: Config) -> dict:
     log.info(f"demo model ({info['parameters']:,} parameters, final loss "
              f"{info['final_loss']}, {info['train_seconds']} s) written to {cfg.output_dir}")
     return info
+
+
+@contextlib.contextmanager
+def _reproducible():
+    """BUILD_THREADS torch threads and deterministic kernels for the block; the caller's
+    settings are restored after."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    torch.set_num_threads(BUILD_THREADS)
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def _mean(xs) -> float:

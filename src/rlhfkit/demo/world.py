@@ -328,8 +328,12 @@ def make_pair(post: Post, rng: random.Random, other: Post) -> dict:
     gold = [gold_score(rec, t) for t in texts]
     p1 = label_probability(*gold)
     choice = int(rng.random() < p1)
+    # chosen_probability: what a reward model's expected accuracy and the labels' noise
+    # ceiling are computed from (`reward.chosen_probabilities`), carried by the record so
+    # the pipeline needs nothing from the demo world.
     return {"input_text": rec["input_text"], "candidate_0": texts[0], "candidate_1": texts[1],
-            "choice": choice, "demo": rec["demo"]}
+            "choice": choice, "chosen_probability": p1 if choice == 1 else 1.0 - p1,
+            "demo": rec["demo"]}
 
 
 def pair_stats(records: list[dict]) -> dict[str, float]:
@@ -434,11 +438,13 @@ def _readme(w: dict) -> str:
 Synthetic Reddit-like posts with candidate summaries, written by `rlhfkit demo data`.
 Same formats as the DeepLearning.AI RLHF course; every record also carries a `demo` key
 (post id, topic, key facts, word limit) that the hidden gold annotator
-(`rlhfkit.demo.gold_score`) reads. The pipeline ignores it.
+(`rlhfkit.demo.gold_score`) reads, and every pair its `chosen_probability` (the chance a
+labeller prefers the chosen candidate), from which the pipeline reports the reward model's
+expected accuracy and the labels' noise ceiling.
 
 | file | records | content |
 | --- | --- | --- |
-| preference.jsonl | {s['preference']} | input_text, candidate_0, candidate_1, choice |
+| preference.jsonl | {s['preference']} | input_text, candidate_0, candidate_1, choice, chosen_probability |
 | prompt.jsonl | {s['prompt']} | input_text |
 | eval.jsonl | {s['eval']} | input_text + a held-out preference pair (as Vertex >= 2.11) |
 
