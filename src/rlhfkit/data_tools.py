@@ -16,7 +16,7 @@ from rlhfkit import log
 from rlhfkit.data import Loaded, has_preferences, load_checked, read_lines
 from rlhfkit.data_compare import compare_datasets, format_comparison, prompt_of
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.io import atomic_write_jsonl, expand_paths
+from rlhfkit.io import atomic_write_jsonl, expand_paths, visible
 
 __all__ = ["compare", "compare_datasets", "convert", "dataset_stats", "format_record",
            "format_stats", "inspect_record", "validate"]
@@ -36,7 +36,8 @@ def format_record(record: dict, indent: int = 0) -> str:
             out.append(f"{pad}key:{key}")
             out.append(format_record(val, indent + 1))
             continue
-        text = val if isinstance(val, str) else json.dumps(val, ensure_ascii=False)
+        # Shown as text, with control characters escaped: a record is not a terminal script.
+        text = visible(val if isinstance(val, str) else json.dumps(val, ensure_ascii=False))
         if pad:  # keep nested text inside its block; top-level text is printed as is
             text = "\n".join(pad + ln if ln else ln for ln in text.split("\n"))[len(pad):]
         out.append(f"{pad}key:{key}\n{pad}val:{text}\n")
