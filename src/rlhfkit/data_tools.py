@@ -19,7 +19,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.io import atomic_write_jsonl, expand_paths, visible
 
 __all__ = ["compare", "compare_datasets", "convert", "dataset_stats", "format_record",
-           "format_stats", "inspect_record", "validate"]
+           "format_stats", "inspect_record", "render_record", "validate"]
 
 
 # -- inspect ---------------------------------------------------------------------------------
@@ -59,6 +59,42 @@ def inspect_record(spec: str, index: int = 0) -> str:
                            f"(valid indices: {valid})")
     where, record = lines[index]
     return f"# record {index % n} of {n} ({where})\n\n" + format_record(record)
+
+
+def render_record(spec: str, index: int = 0, model: str | None = None,
+                  instruction: str | None = None) -> str:
+    """What the model sees for record `index` of a valid dataset: the prompt as
+    `data.prompt_text` renders it (with `model`'s tokenizer and chat template when given,
+    else Vertex's llama-2-chat layout for chat records), then each candidate, which the
+    reward model reads after the prompt's tokens."""
+    from rlhfkit.data import prompt_text
+
+    loaded = load_checked(spec)
+    n = len(loaded.records)
+    if not -n <= index < n:
+        raise RlhfkitError(f"{spec}: index {index} is out of range: {n} records "
+                           f"(valid indices: 0..{n - 1} or -{n}..-1)")
+    record = loaded.records[index]
+    tokenizer = None
+    if model:
+        from rlhfkit.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    if "input_text" in record:
+        how = 'instruction + "\\n\\n\\n" + input_text' if instruction else "input_text as is"
+    elif tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        how = f"the chat template of {model}"
+    else:
+        how = "Vertex's llama-2-chat layout" + (f" ({model} has no chat template)"
+                                                 if model else " (no --model given)")
+    prompt = prompt_text(record, instruction, tokenizer)
+    size = f", {len(tokenizer(prompt)['input_ids'])} tokens" if tokenizer is not None else ""
+    out = [f"# record {index % n} of {n}, rendered with {how}{size}", "",
+           "== prompt ==", visible(prompt)]
+    for key in ("candidate_0", "candidate_1"):
+        if key in record:
+            out += ["", f"== {key} (after the prompt's tokens) ==", visible(record[key])]
+    return "\n".join(out)
 
 
 # -- validate / convert ----------------------------------------------------------------------
