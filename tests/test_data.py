@@ -122,7 +122,7 @@ def test_line_over_the_size_limit(tmp_path):
 @pytest.mark.parametrize("messages,message", [
     ([], "messages must be a non-empty list"),
     ("hi", "messages must be a non-empty list"),
-    ([{"role": "user"}], "messages[0] must be an object with role and content"),
+    ([{"role": "user"}], "messages[0] must be an object with role (or author) and content"),
     ([{"role": "user", "content": 5}], "messages[0].content must be a string, got a number"),
     ([{"role": "user", "content": ""}], "messages[0].content is empty"),
     ([{"role": "assistant", "content": "x"}], 'messages[0].role is "assistant"; expected "user"'),
@@ -222,11 +222,14 @@ def test_chat_records(tmp_path):
                                         "candidate_1": "B", "choice": 0})
     [rec] = load_dataset(path, "preference")
     assert rec["messages"] == turns
+    # No tokenizer: Vertex's llama-2-chat layout; the system turn wins over the instruction.
     assert prompt_text(rec, "Summarize") == (
-        "System: Be brief.\n\nUser: Summarize\n\n\nHi\n\nAssistant: Hello\n\n"
-        "User: Sum up\n\nAssistant:")
-    assert prompt_text(rec, None).startswith("System: Be brief.\n\nUser: Hi\n\n")
-    assert rec["messages"][1]["content"] == "Hi"  # the record itself is not modified
+        "<s>[INST] <<SYS>>\nBe brief.\n<</SYS>>\n\nHi [/INST] Hello </s>"
+        "<s>[INST] Sum up [/INST]")
+    rec["messages"] = turns[1:]  # without one, the instruction is the system text
+    assert prompt_text(rec, "Summarize").startswith(
+        "<s>[INST] <<SYS>>\nSummarize\n<</SYS>>\n\nHi [/INST]")
+    assert rec["messages"][0]["content"] == "Hi"  # the record itself is not modified
 
 
 def test_prompt_text_uses_the_chat_template():
@@ -239,10 +242,16 @@ def test_prompt_text_uses_the_chat_template():
         tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")),
         chat_template=template)
     rec = {"messages": [{"role": "user", "content": "Hi"}]}
+    assert prompt_text(rec, "Be brief", tok) == "<system>Be brief<user>Hi<assistant>"
+    # A template that refuses a system turn gets the instruction in front of the first user
+    # turn instead (as input_text gets it).
+    tok.chat_template = ("{% for m in messages %}{% if m.role == 'system' %}"
+                         "{{ raise_exception('no system') }}{% endif %}<{{ m.role }}>"
+                         "{{ m.content }}{% endfor %}<assistant>")
     assert prompt_text(rec, "Be brief", tok) == "<user>Be brief\n\n\nHi<assistant>"
-    # A tokenizer without a template gets the plain rendering.
+    # A tokenizer without a template gets Vertex's llama-2-chat layout.
     tok.chat_template = None
-    assert prompt_text(rec, None, tok) == "User: Hi\n\nAssistant:"
+    assert prompt_text(rec, None, tok) == "<s>[INST] Hi [/INST]"
 
 
 def test_format_prompt_and_prompt_text():
@@ -308,13 +317,14 @@ def test_trl_prompt_only_records(tmp_path):
 
 def test_trl_errors(tmp_path):
     two_turns = [{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]
-    path = jsonl(tmp_path / "t.jsonl", {"prompt": "p", "chosen": two_turns, "rejected": "r"},
+    user = [{"role": "user", "content": "p"}]
+    path = jsonl(tmp_path / "t.jsonl", {"prompt": user, "chosen": two_turns, "rejected": "r"},
                  {"chosen": "a", "rejected": "b"}, {"prompt": 3, "chosen": "a", "rejected": "b"},
                  {"prompt": "p", "chosen": "same", "rejected": "same"})
     problems = problems_of(path, "preference")
     assert [p.split(": ", 1)[1][:40] for p in problems] == [
         "chosen must be a string or one assistant",
-        "has chosen/rejected but no prompt; give ",
+        "has chosen and rejected but no prompt, a",
         "prompt must be a string or a messages li",
         "candidate_0 and candidate_1 are identica"]
     assert [p.split(": ")[0] for p in problems] == [f"{path}:{i}" for i in (1, 2, 3, 4)]

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 
@@ -75,7 +76,7 @@ def test_unknown_key_names_the_closest():
     ("reward_model_learning_rate_multiplier", 0, "must be > 0"),
     ("reinforcement_learning_rate_multiplier", -1.0, "must be > 0"),
     ("reward_model_train_steps", 10.5, "expected an integer"),
-    ("reward_model_train_steps", True, "expected a int"),
+    ("reward_model_train_steps", True, "expected an integer, got True"),
     ("kl_coeff", "0.1", "expected a number"),
     ("preference_dataset", "", "preference_dataset is required"),
 ])
@@ -133,3 +134,126 @@ def test_instruction_is_prepended_in_one_place():
 
     assert format_prompt("Summarize.", "post [summary]: ") == "Summarize.\n\n\npost [summary]: "
     assert format_prompt(None, "post") == "post"
+
+
+# -- hostile parameters (issue 9, section 3); each case was accepted or crashed before --------
+
+def _fields_of(kind):
+    """Every PipelineParams field whose annotation is `kind` (or `kind | None`): derived
+    from the type hints, so fields added later are covered without editing this test."""
+    import typing
+    from dataclasses import fields
+
+    hints = typing.get_type_hints(PipelineParams)
+    return [f.name for f in fields(PipelineParams)
+            if hints[f.name] is kind or kind in typing.get_args(hints[f.name])]
+
+
+FLOATS = _fields_of(float)
+
+
+def test_the_float_fields_are_found():
+    assert {"kl_coeff", "vf_coef", "target_kl", "temperature",
+            "reward_model_learning_rate_multiplier"} <= set(FLOATS)
+
+
+@pytest.mark.parametrize("key", FLOATS)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, 10**400])
+def test_every_float_must_be_finite(key, value):
+    with pytest.raises(RlhfkitError, match=f"{key}: must be a finite number"):
+        PipelineParams.from_dict({**COURSE, key: value})
+
+
+@pytest.mark.parametrize("key", _fields_of(int))
+def test_every_int_is_in_range(key):
+    with pytest.raises(RlhfkitError, match=f"{key}: must be between -2\\*\\*63 and 2\\*\\*63"):
+        PipelineParams.from_dict({**COURSE, key: 2**63})
+
+
+@pytest.mark.parametrize("seed,ok", [(0, True), (2**32 - 1, True), (2**32, False), (-1, False)])
+def test_seed_must_fit_torch_and_numpy(seed, ok):
+    if ok:
+        assert PipelineParams.from_dict({**COURSE, "seed": seed}).seed == seed
+    else:
+        with pytest.raises(RlhfkitError, match=r"seed must be in \[0, 2\*\*32\)"):
+            PipelineParams.from_dict({**COURSE, "seed": seed})
+
+
+def test_direct_construction_gets_the_same_checks():
+    p = PipelineParams(**{**COURSE, "kl_coeff": math.nan})
+    with pytest.raises(RlhfkitError, match="kl_coeff: must be a finite number, got nan"):
+        p.validate()
+
+
+def test_grammar_and_strings():
+    with pytest.raises(RlhfkitError, match="kl_coeff: expected a number, got True"):
+        PipelineParams.from_dict({**COURSE, "kl_coeff": True})
+    with pytest.raises(RlhfkitError, match="instruction: must be text"):
+        PipelineParams.from_dict({**COURSE, "instruction": "a\ud800"})
+
+
+def _write(tmp_path, name, text: str, bom: bool = False):
+    f = tmp_path / name
+    f.write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    return f
+
+
+YAML = ("large_model_reference: llama-2-7b\npreference_dataset: a.jsonl\n"
+        "prompt_dataset: b.jsonl\n")
+
+
+@pytest.mark.parametrize("text,words", [
+    (YAML + "kl_coeff: .nan\n", "kl_coeff: must be a finite number, got nan"),
+    (YAML + "vf_coef: .inf\n", "vf_coef: must be a finite number, got inf"),
+    (YAML + "target_kl: -.Inf\n", "target_kl: must be a finite number, got -inf"),
+    (YAML + "kl_coeff: 0.1\nkl_coeff: 0.2\n", "p.yaml:5: invalid YAML: duplicate key 'kl_coeff'"),
+    (YAML + "seed: " + "9" * 5000 + "\n", "p.yaml: invalid YAML"),
+    (YAML + "1: x\n", "parameter names are strings, got 1"),
+])
+def test_hostile_yaml(tmp_path, text, words):
+    with pytest.raises(RlhfkitError, match=re.escape(words)):
+        PipelineParams.from_file(_write(tmp_path, "p.yaml", text))
+
+
+REQUIRED = '"large_model_reference": "m", "preference_dataset": "a", "prompt_dataset": "b"'
+
+
+@pytest.mark.parametrize("text,words", [
+    ('{"kl_coeff": NaN, REQ}', "kl_coeff: must be a finite number, got nan"),
+    ('{"kl_coeff": -Infinity, REQ}', "kl_coeff: must be a finite number, got -inf"),
+    ('{"kl_coeff": 1e999, REQ}', "kl_coeff: must be a finite number, got inf"),
+    ('{\n "kl_coeff": 0.1,\n "kl_coeff": 0.2, REQ\n}', "p.json:3: duplicate key 'kl_coeff'"),
+    ('{"seed": ' + "9" * 5000 + ", REQ}", "p.json: invalid JSON: an integer of 5000 digits"),
+    ("[" * 100_000, "p.json: invalid JSON: nested too deeply"),
+])
+def test_hostile_json(tmp_path, text, words):
+    text = text.replace("REQ", REQUIRED)
+    with pytest.raises(RlhfkitError, match=re.escape(words)):
+        PipelineParams.from_file(_write(tmp_path, "p.json", text))
+
+
+@pytest.mark.parametrize("name", ["p.YAML", "p.yml", "p.Yml", "p.yaml"])
+def test_yaml_suffix_any_case_and_a_bom(tmp_path, name):
+    p = PipelineParams.from_file(_write(tmp_path, name, YAML + "kl_coeff: 0.2\n", bom=True))
+    assert p.kl_coeff == 0.2
+    f = _write(tmp_path, "q.json", json.dumps({**COURSE, "seed": 3}), bom=True)
+    assert PipelineParams.from_file(f).seed == 3
+
+
+@pytest.mark.parametrize("line", ['"kl_coeff": NaN', '"seed": 4294967296',
+                                  '"kl_coeff": 0.1, "kl_coeff": 0.2'])
+def test_run_refuses_before_writing_anything(tmp_path, line):
+    """Through the real CLI: one clear line, exit 1, no traceback, and no RUN directory
+    (so no params.json) created."""
+    import subprocess
+    import sys
+
+    f = tmp_path / "p.json"
+    f.write_text('{"large_model_reference": "m", "preference_dataset": "a.jsonl", '
+                 f'"prompt_dataset": "b.jsonl", {line}}}')
+    run = tmp_path / "RUN"
+    res = subprocess.run([sys.executable, "-m", "rlhfkit", "run", str(f), "--output-dir",
+                          str(run)], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith(f"{f}"), res.stderr
+    assert not run.exists()

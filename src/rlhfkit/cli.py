@@ -66,11 +66,17 @@ def data_inspect(
     file: Annotated[str, typer.Argument(help=_DATASET_HELP)],
     index: Annotated[int, typer.Option("--index", "-i",
                                        help="Which record: 0 = first, -1 = last.")] = 0,
+    render: Annotated[bool, typer.Option(help="Show the text the model sees instead.")] = False,
+    model: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="With --render: the model whose tokenizer (chat template) renders.")] = None,
+    instruction: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="With --render: the run's instruction.")] = None,
 ) -> None:
-    """Print one record key by key, like the course's print_d."""
-    from rlhfkit.data_tools import inspect_record
+    """Print one record key by key, like the course's print_d (--render: as the model sees it)."""
+    from rlhfkit.data_tools import inspect_record, render_record
 
-    typer.echo(inspect_record(file, index))
+    typer.echo(render_record(file, index, model, instruction) if render else
+               inspect_record(file, index))
 
 
 @data_app.command("validate")

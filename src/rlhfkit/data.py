@@ -9,8 +9,12 @@ Three kinds (DESIGN.md, "Input formats"):
   line must be a valid preference record and the set doubles as a held-out reward-model
   eval set (as Vertex does from release 2.11 on).
 
-TRL-style records (`prompt`, `chosen`, `rejected`) and TRL prompt-only records (`prompt`)
-are converted to the course format on load, so every stage sees one format.
+TRL-style records (`prompt`, `chosen`, `rejected`), TRL's implicit-prompt records
+(`chosen` and `rejected` only, the prompt being their shared beginning) and TRL prompt-only
+records (`prompt`) are converted to the course format on load, so every stage sees one
+format. Chat records (`messages`, Vertex's `author` shape or the `role` shape) are checked
+and rendered by rlhfkit.chat; files are parsed by rlhfkit.data_read, which refuses what a
+plain JSON decoder would crash or hang on.
 
 Validation reads every file completely and reports every problem as `path:line: message`
 in one `DataError` before anything is returned: a typo on line 2,913 should cost seconds
@@ -19,26 +23,22 @@ at the start, not a crash an hour into training.
 
 from __future__ import annotations
 
-import codecs
-import json
 import re
 from dataclasses import dataclass
 
-from rlhfkit import log
+from rlhfkit import chat, log
+from rlhfkit.data_read import MAX_LINE_BYTES, json_type, read_lines
 from rlhfkit.errors import DataError, RlhfkitError
-from rlhfkit.io import expand_paths, read_bytes
+from rlhfkit.io import expand_paths
+
+__all__ = ["KINDS", "MAX_LINE_BYTES", "Loaded", "format_prompt", "has_preferences",
+           "load_checked", "load_dataset", "prompt_text", "read_lines"]
 
 KINDS = ("preference", "prompt", "eval")
-# A single record longer than this cannot fit any sequence length we train with, and a
-# "line" this long is usually a file without newlines (a JSON dump, a binary file).
-MAX_LINE_BYTES = 1 << 20  # 1 MiB
 PREFERENCE_KEYS = ("candidate_0", "candidate_1", "choice")
 TRL_KEYS = ("chosen", "rejected")
 TEXT_KEYS = ("input_text", "messages", "prompt")  # `prompt`: TRL, converted on load
 BULK_INFERENCE_KEYS = {"inputs", "prediction"}
-ROLES = ("system", "user", "assistant")
-# The plain chat rendering used when a tokenizer has no chat template (see prompt_text).
-CHAT_ROLE_NAMES = {"system": "System", "user": "User", "assistant": "Assistant"}
 INSTRUCTION_SEPARATOR = "\n\n\n"  # what the course's eval_results files show
 
 
@@ -115,103 +115,18 @@ def format_prompt(instruction: str | None, text: str) -> str:
 
 
 def prompt_text(record: dict, instruction: str | None, tokenizer=None) -> str:
-    """The model input for a record.
+    """THE one place a record becomes the model's input.
 
-    `input_text`: `format_prompt(instruction, input_text)`. `messages`: the instruction goes
-    in front of the first user turn; then the tokenizer's chat template with a generation
-    prompt when it has one, else a plain rendering, one turn per paragraph:
-    "System: ...\\n\\nUser: ...\\n\\nAssistant: ...\\n\\nUser: ...\\n\\nAssistant:".
+    `input_text`: `format_prompt(instruction, input_text)`. `messages`: rendered by
+    `chat.render`: the tokenizer's chat template with a generation prompt when it has one,
+    else Vertex's llama-2-chat layout; the system text is the row's `context`, else its
+    leading system turn, else `instruction`.
     """
     if "input_text" in record:
         return format_prompt(instruction, record["input_text"])
     if "messages" not in record:
         raise ValueError("record has neither input_text nor messages (load it with load_dataset)")
-    messages = [dict(m) for m in record["messages"]]
-    first_user = next(i for i, m in enumerate(messages) if m["role"] == "user")
-    messages[first_user]["content"] = format_prompt(instruction, messages[first_user]["content"])
-    if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    turns = [f"{CHAT_ROLE_NAMES[m['role']]}: {m['content']}" for m in messages]
-    return "\n\n".join([*turns, f"{CHAT_ROLE_NAMES['assistant']}:"])
-
-
-# -- reading lines ------------------------------------------------------------------------
-
-def read_lines(path: str, problems: list[str]) -> list[tuple[str, dict]]:
-    """Parse one file into (`path:line`, object) pairs; problems are appended, not raised.
-
-    JSON Lines; blank lines, CRLF and a UTF-8 byte-order mark are fine. A `.json` file that
-    holds one JSON array of objects is read too (each record keeps the line it starts on).
-    """
-    try:
-        data = read_bytes(path)
-    except OSError as exc:
-        problems.append(f"{path}: cannot read: {exc.strerror or exc}")
-        return []
-    if data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8):]
-    if path.endswith(".json") and data.lstrip().startswith(b"["):
-        return _read_json_array(path, data, problems)
-    out = []
-    for no, raw in enumerate(data.split(b"\n"), start=1):
-        where = f"{path}:{no}"
-        raw = raw.rstrip(b"\r")
-        if len(raw) > MAX_LINE_BYTES:
-            problems.append(f"{where}: line is {len(raw):,} bytes, over the limit of "
-                            f"{MAX_LINE_BYTES:,} bytes for one record (MAX_LINE_BYTES)")
-            continue
-        if not raw.strip():
-            continue
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            problems.append(f"{where}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
-                            f"column {exc.start + 1}); save the file as UTF-8")
-            continue
-        _add_object(where, text, out, problems)
-    return out
-
-
-def _add_object(where: str, text: str, out: list, problems: list[str]) -> None:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        problems.append(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})")
-        return
-    if not isinstance(obj, dict):
-        problems.append(f"{where}: expected a JSON object {{...}}, got {_json_type(obj)}")
-        return
-    out.append((where, obj))
-
-
-def _read_json_array(path: str, data: bytes, problems: list[str]) -> list[tuple[str, dict]]:
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        problems.append(f"{path}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
-                        "save the file as UTF-8")
-        return []
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError as exc:
-        problems.append(f"{path}:{exc.lineno}: invalid JSON: {exc.msg} (column {exc.colno})")
-        return []
-    decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
-    out, pos, line = [], text.index("[") + 1, 1 + text.count("\n", 0, text.index("["))
-    for item in items:
-        start = gap.match(text, pos).end()
-        line += text.count("\n", pos, start)
-        _, pos = decoder.raw_decode(text, start)
-        where = f"{path}:{line}"
-        line += text.count("\n", start, pos)
-        if pos - start > MAX_LINE_BYTES:
-            problems.append(f"{where}: record is over the limit of {MAX_LINE_BYTES:,} bytes")
-        elif not isinstance(item, dict):
-            problems.append(f"{where}: expected a JSON object {{...}}, got {_json_type(item)}")
-        else:
-            out.append((where, item))
-    return out
+    return chat.render(record, instruction, tokenizer)
 
 
 def _position(problem: str, paths: list[str]) -> tuple[int, int]:
@@ -239,7 +154,7 @@ def _wrong_kind(lines: list[tuple[str, dict]], kind: str) -> str | None:
         return ("looks like bulk-inference output (`inputs` and `prediction` on every line, "
                 f"like eval_results_*.jsonl), not {_a(kind)} dataset; compare such files with "
                 "`rlhfkit compare --tuned A.jsonl --untuned B.jsonl`")
-    if not any(k in r for r in recs for k in TEXT_KEYS):
+    if not any(k in r for r in recs for k in TEXT_KEYS + TRL_KEYS):
         seen = sorted({k for r in recs for k in r})
         shown = ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else "")
         return (f"no line has input_text or messages (keys seen: {shown}); "
@@ -253,8 +168,9 @@ def _wrong_kind(lines: list[tuple[str, dict]], kind: str) -> str | None:
 # -- TRL -> course format ---------------------------------------------------------------------
 
 def _from_trl(where: str, rec: dict, index: int, problems: list[str]) -> dict | None:
-    """Convert a TRL preference (`prompt`, `chosen`, `rejected`) or prompt-only (`prompt`)
-    record; course-format records pass through unchanged. None if it cannot be converted.
+    """Convert a TRL preference (`prompt`, `chosen`, `rejected`), implicit-prompt
+    (`chosen`, `rejected`) or prompt-only (`prompt`) record; course-format records pass
+    through unchanged. None if it cannot be converted.
 
     The chosen answer lands in candidate_0 on even records and candidate_1 on odd ones
     (choice 0, 1, 0, 1, ...) rather than always in candidate_0. The Bradley-Terry loss does
@@ -271,22 +187,26 @@ def _from_trl(where: str, rec: dict, index: int, problems: list[str]) -> dict | 
         return rec  # _check_text reports what is missing
     extras = {k: v for k, v in rec.items() if k not in ("prompt", *TRL_KEYS)}
     prompt, chosen, rejected = rec.get("prompt"), rec.get("chosen"), rec.get("rejected")
-    if "prompt" not in rec and isinstance(chosen, list) and isinstance(rejected, list) and \
-            len(chosen) >= 2 and chosen[:-1] == rejected[:-1]:
-        # TRL's implicit-prompt conversational form: the shared turns are the prompt.
-        prompt, chosen, rejected = chosen[:-1], chosen[-1:], rejected[-1:]
+    # TRL's maybe_extract_prompt: a `prompt` is used as given unless it is a string next to
+    # conversational completions (or the reverse); then it is re-extracted from them.
+    implicit = all(k in rec for k in TRL_KEYS) and (
+        "prompt" not in rec or isinstance(prompt, list) != isinstance(chosen, list))
+    if implicit:
+        split = _extract_prompt(where, chosen, rejected, problems)
+        if split is None:
+            return None
+        prompt, chosen, rejected = split
     if isinstance(prompt, str):
         out: dict = {"input_text": prompt}
     elif isinstance(prompt, list):
         out = {"messages": prompt}
     elif "prompt" not in rec:
-        problems.append(f"{where}: has chosen/rejected but no prompt; give the prompt "
-                        "separately (TRL's implicit-prompt form is read only for conversations "
-                        "that share every turn but the last)")
+        problems.append(f"{where}: has {'chosen' if 'chosen' in rec else 'rejected'} but "
+                        "no prompt (TRL's implicit-prompt form needs both chosen and rejected)")
         return None
     else:
         problems.append(f"{where}: prompt must be a string or a messages list, "
-                        f"got {_json_type(prompt)}")
+                        f"got {json_type(prompt)}")
         return None
     if "chosen" not in rec and "rejected" not in rec:
         return {**out, **extras}  # TRL prompt-only record
@@ -300,6 +220,54 @@ def _from_trl(where: str, rec: dict, index: int, problems: list[str]) -> dict | 
     return {**out, **extras}
 
 
+def _common_prefix(a, b) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def split_implicit_prompt(chosen: str, rejected: str) -> int:
+    """Where TRL's extract_prompt splits two texts that share their prompt: at their longest
+    common prefix, moved back to a word boundary (TRL splits mid-word: "The sky is bl" +
+    "ue"), and then, as TRL does, one space is left to the completions.
+
+    >>> c, r = "Q: sky? A: blue", "Q: sky? A: black"
+    >>> k = split_implicit_prompt(c, r); (c[:k], c[k:], r[k:])
+    ('Q: sky? A:', ' blue', ' black')
+    """
+    k = _common_prefix(chosen, rejected)
+    if 0 < k and not chosen[k - 1].isspace():  # mid-word: back to the last whitespace
+        k = max((i + 1 for i in range(k) if chosen[i].isspace()), default=0)
+    if k > 0 and chosen[k - 1] == " ":
+        k -= 1
+    return k
+
+
+def _extract_prompt(where: str, chosen, rejected, problems: list[str]):
+    """(prompt, chosen, rejected) of an implicit-prompt record, or None (problem added)."""
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        k = split_implicit_prompt(chosen, rejected)
+        prompt, rest = chosen[:k], (chosen[k:], rejected[k:])
+        ok = prompt.strip() and all(r.strip() for r in rest)
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        k = _common_prefix(chosen, rejected)
+        prompt, rest = chosen[:k], (chosen[k:], rejected[k:])
+        ok = bool(prompt) and all(rest)
+    else:
+        problems.append(f"{where}: chosen and rejected must both be strings or both be "
+                        f"message lists, got {json_type(chosen)} and {json_type(rejected)}")
+        return None
+    if not ok:
+        problems.append(f"{where}: has chosen and rejected but no prompt, and they share no "
+                        "prompt to extract (TRL's implicit-prompt form: both start with the "
+                        "same prompt, then differ); give the prompt separately")
+        return None
+    return (prompt, *rest)
+
+
 def _completion(where: str, key: str, value, problems: list[str]) -> str | None:
     if isinstance(value, str):
         return value
@@ -307,11 +275,25 @@ def _completion(where: str, key: str, value, problems: list[str]) -> str | None:
             and value[0].get("role") == "assistant" and isinstance(value[0].get("content"), str):
         return value[0]["content"]
     problems.append(f"{where}: {key} must be a string or one assistant message "
-                    f'[{{"role": "assistant", "content": ...}}], got {_show(value)}')
+                    f'[{{"role": "assistant", "content": ...}}], got {chat.show(value)}')
     return None
 
 
 # -- field checks -----------------------------------------------------------------------------
+
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be a model input, or None. Control characters other than tab and
+    newlines are invisible in every viewer, were in no pre-training text a model saw, and
+    usually mean a binary file or terminal escapes pasted into the data."""
+    bad = _CONTROL.search(text)
+    if bad:
+        return (f"contains the control character U+{ord(bad.group()):04X} at character "
+                f"{bad.start() + 1}; remove it")
+    return None
+
 
 def _check_text(where: str, rec: dict, problems: list[str]) -> None:
     if "input_text" in rec and "messages" in rec:
@@ -319,7 +301,7 @@ def _check_text(where: str, rec: dict, problems: list[str]) -> None:
     elif "input_text" in rec:
         _check_string(where, rec, "input_text", problems)
     elif "messages" in rec:
-        _check_messages(where, rec["messages"], problems)
+        chat.check_messages(where, rec, problems, check_text=text_problem)
     else:
         problems.append(f"{where}: missing input_text (or messages)")
 
@@ -327,41 +309,11 @@ def _check_text(where: str, rec: dict, problems: list[str]) -> None:
 def _check_string(where: str, rec: dict, key: str, problems: list[str]) -> None:
     value = rec[key]
     if not isinstance(value, str):
-        problems.append(f"{where}: {key} must be a string, got {_json_type(value)}")
+        problems.append(f"{where}: {key} must be a string, got {json_type(value)}")
     elif not value.strip():
         problems.append(f"{where}: {key} is empty")
-
-
-def _check_messages(where: str, messages, problems: list[str]) -> None:
-    """Roles user/assistant, alternating (chat templates such as Llama-2's reject anything
-    else, deep inside training), one optional leading system turn, starting and ending
-    with the user: the model writes the next assistant reply."""
-    if not isinstance(messages, list) or not messages:
-        problems.append(f"{where}: messages must be a non-empty list of "
-                        "{\"role\", \"content\"} objects")
-        return
-    expected = "user"
-    for i, m in enumerate(messages):
-        at = f"{where}: messages[{i}]"
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            problems.append(f"{at} must be an object with role and content, got {_show(m)}")
-            return
-        role, content = m["role"], m["content"]
-        if not isinstance(content, str):
-            problems.append(f"{at}.content must be a string, got {_json_type(content)}")
-        elif not content.strip():
-            problems.append(f"{at}.content is empty")
-        if role == "system" and i == 0:
-            continue
-        if role not in ROLES or role != expected:
-            why = ('"system" is allowed only as the first turn' if role == "system" else
-                   f'expected "{expected}" (turns alternate user/assistant, user first)')
-            problems.append(f"{at}.role is {_show(role)}; {why}")
-            return
-        expected = "assistant" if role == "user" else "user"
-    if expected == "user":  # the last turn was the assistant's, or there was only a system turn
-        problems.append(f"{where}: messages must end with a user turn (the model writes the "
-                        "next assistant reply)")
+    elif text_problem(value):
+        problems.append(f"{where}: {key} {text_problem(value)}")
 
 
 def _check_preference(where: str, rec: dict, problems: list[str], eval_set: bool) -> None:
@@ -376,7 +328,7 @@ def _check_preference(where: str, rec: dict, problems: list[str], eval_set: bool
     choice = rec.get("choice", 0)
     if type(choice) is not int or choice not in (0, 1):  # bool, "1" and 1.0 are mistakes
         problems.append(f"{where}: choice must be the integer 0 or 1 (the index of the "
-                        f"preferred candidate), got {_show(choice)}")
+                        f"preferred candidate), got {chat.show(choice)}")
     c0, c1 = rec.get("candidate_0"), rec.get("candidate_1")
     if isinstance(c0, str) and isinstance(c1, str) and c0.strip() and c0.strip() == c1.strip():
         problems.append(f"{where}: candidate_0 and candidate_1 are identical; a pair must "
@@ -385,14 +337,3 @@ def _check_preference(where: str, rec: dict, problems: list[str], eval_set: bool
 
 def _a(kind: str) -> str:
     return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
-
-
-def _json_type(value) -> str:
-    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
-             str: "a string", list: "an array", dict: "an object"}
-    return names.get(type(value), type(value).__name__)
-
-
-def _show(value, width: int = 60) -> str:
-    text = json.dumps(value, ensure_ascii=False)
-    return text if len(text) <= width else text[: width - 3] + "..."

@@ -16,10 +16,10 @@ from rlhfkit import log
 from rlhfkit.data import Loaded, has_preferences, load_checked, read_lines
 from rlhfkit.data_compare import compare_datasets, format_comparison, prompt_of
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.io import atomic_write_jsonl, expand_paths
+from rlhfkit.io import atomic_write_jsonl, expand_paths, visible
 
 __all__ = ["compare", "compare_datasets", "convert", "dataset_stats", "format_record",
-           "format_stats", "inspect_record", "validate"]
+           "format_stats", "inspect_record", "render_record", "validate"]
 
 
 # -- inspect ---------------------------------------------------------------------------------
@@ -36,7 +36,8 @@ def format_record(record: dict, indent: int = 0) -> str:
             out.append(f"{pad}key:{key}")
             out.append(format_record(val, indent + 1))
             continue
-        text = val if isinstance(val, str) else json.dumps(val, ensure_ascii=False)
+        # Shown as text, with control characters escaped: a record is not a terminal script.
+        text = visible(val if isinstance(val, str) else json.dumps(val, ensure_ascii=False))
         if pad:  # keep nested text inside its block; top-level text is printed as is
             text = "\n".join(pad + ln if ln else ln for ln in text.split("\n"))[len(pad):]
         out.append(f"{pad}key:{key}\n{pad}val:{text}\n")
@@ -58,6 +59,42 @@ def inspect_record(spec: str, index: int = 0) -> str:
                            f"(valid indices: {valid})")
     where, record = lines[index]
     return f"# record {index % n} of {n} ({where})\n\n" + format_record(record)
+
+
+def render_record(spec: str, index: int = 0, model: str | None = None,
+                  instruction: str | None = None) -> str:
+    """What the model sees for record `index` of a valid dataset: the prompt as
+    `data.prompt_text` renders it (with `model`'s tokenizer and chat template when given,
+    else Vertex's llama-2-chat layout for chat records), then each candidate, which the
+    reward model reads after the prompt's tokens."""
+    from rlhfkit.data import prompt_text
+
+    loaded = load_checked(spec)
+    n = len(loaded.records)
+    if not -n <= index < n:
+        raise RlhfkitError(f"{spec}: index {index} is out of range: {n} records "
+                           f"(valid indices: 0..{n - 1} or -{n}..-1)")
+    record = loaded.records[index]
+    tokenizer = None
+    if model:
+        from rlhfkit.models import load_tokenizer
+
+        tokenizer = load_tokenizer(model)
+    if "input_text" in record:
+        how = 'instruction + "\\n\\n\\n" + input_text' if instruction else "input_text as is"
+    elif tokenizer is not None and getattr(tokenizer, "chat_template", None):
+        how = f"the chat template of {model}"
+    else:
+        how = "Vertex's llama-2-chat layout" + (f" ({model} has no chat template)"
+                                                 if model else " (no --model given)")
+    prompt = prompt_text(record, instruction, tokenizer)
+    size = f", {len(tokenizer(prompt)['input_ids'])} tokens" if tokenizer is not None else ""
+    out = [f"# record {index % n} of {n}, rendered with {how}{size}", "",
+           "== prompt ==", visible(prompt)]
+    for key in ("candidate_0", "candidate_1"):
+        if key in record:
+            out += ["", f"== {key} (after the prompt's tokens) ==", visible(record[key])]
+    return "\n".join(out)
 
 
 # -- validate / convert ----------------------------------------------------------------------

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -47,6 +48,10 @@ def expand_paths(spec: str) -> list[str]:
     >>> expand_paths("data/*.jsonl")  # doctest: +SKIP
     ['data/a.jsonl', 'data/b.jsonl']
     """
+    if not spec or not spec.strip():
+        raise RlhfkitError("no dataset given (an empty path would read the current directory)")
+    if "\0" in spec:
+        raise RlhfkitError(f"{visible(spec)}: a path cannot contain a NUL byte")
     fs, path = _filesystem(spec)
     scheme = spec.split("://", 1)[0] + "://" if "://" in spec else ""
 
@@ -54,18 +59,48 @@ def expand_paths(spec: str) -> list[str]:
         return scheme + p if scheme and not p.startswith(scheme) else p
 
     if any(ch in path for ch in "*?["):
-        files = sorted(p for p in fs.glob(path) if fs.isfile(p))
+        files = sorted(p for p in fs.glob(path) if not fs.isdir(p))
         if not files:
             raise RlhfkitError(f"{spec}: no file matches this pattern")
-        return [full(p) for p in files] if scheme else files
+        return _regular([full(p) for p in files] if scheme else files)
     if not fs.exists(path):
         raise RlhfkitError(f"{spec}: no such file or directory")
     if fs.isdir(path):
         files = sorted(p for p in fs.find(path) if p.endswith(DATA_SUFFIXES))
         if not files:
             raise RlhfkitError(f"{spec}: directory holds no .jsonl or .json file")
-        return [full(p) for p in files] if scheme else files
-    return [spec]
+        return _regular([full(p) for p in files] if scheme else files)
+    return _regular([spec])
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _regular(paths: list[str]) -> list[str]:
+    """Refuse local paths that are not regular files, looking only at `stat`: opening a
+    FIFO for reading blocks until a writer comes, and /dev/zero or /dev/urandom never end.
+    Remote (fsspec URL) objects are always plain objects."""
+    for p in paths:
+        if "://" in p and not p.startswith("file://"):
+            continue
+        local = p[len("file://"):] if p.startswith("file://") else p
+        try:
+            mode = os.stat(local).st_mode
+        except OSError as exc:
+            raise RlhfkitError(f"{visible(p)}: cannot read: {exc.strerror or exc}") from exc
+        if not stat.S_ISREG(mode):
+            what = next((name for test, name in _NOT_REGULAR if test(mode)), "a special file")
+            raise RlhfkitError(f"{visible(p)}: is {what}, not a regular file; save the "
+                               "dataset to a file first")
+    return paths
+
+
+def visible(text: str) -> str:
+    """`text` with control characters escaped (\\x00, \\x1b, ...) so a printed path
+    or value cannot move the cursor, ring the bell or hide itself."""
+    return "".join(ch if ch.isprintable() or ch in "\t\n" else ascii(ch)[1:-1]
+                   for ch in text)
 
 
 def read_bytes(path: str) -> bytes:

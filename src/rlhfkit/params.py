@@ -12,6 +12,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -108,7 +109,9 @@ class PipelineParams:
         names = [f.name for f in fields(cls)]
         problems = []
         for key in values:
-            if key not in names:
+            if not isinstance(key, str):
+                problems.append(f"{source}: parameter names are strings, got {_shown(key)}")
+            elif key not in names:
                 close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
                 hint = f"; did you mean {close[0]!r}?" if close else ""
                 problems.append(f"{source}: unknown parameter {key!r}{hint}")
@@ -132,26 +135,31 @@ class PipelineParams:
 
     @classmethod
     def from_file(cls, path: str | Path, quiet: bool = False) -> PipelineParams:
+        """JSON, or YAML for a `.yaml` / `.yml` suffix in any case; a UTF-8 byte-order mark
+        is fine (Windows editors write one). Duplicate keys are an error in both: the last
+        one silently winning is how a stale value survives an edit."""
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = path.read_bytes().decode("utf-8-sig")
         except (OSError, UnicodeDecodeError) as exc:
-            raise RlhfkitError(f"{path}: cannot read: {exc}") from exc
-        try:
-            if path.suffix in (".yaml", ".yml"):
-                values = yaml.safe_load(text)
-            else:
-                values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise RlhfkitError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from exc
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            line = f":{mark.line + 1}" if mark else ""
-            raise RlhfkitError(f"{path}{line}: invalid YAML: {exc}") from exc
+            raise RlhfkitError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}"
+                               ) from exc
+        if path.suffix.lower() in (".yaml", ".yml"):
+            values = _load_yaml(text, path)
+        else:
+            values = _load_json(text, path)
         return cls.from_dict(values, source=str(path), quiet=quiet)
 
     def validate(self, source: str = "parameter_values") -> None:
-        problems = []
+        """Every check, before any work: the generic ones derived from each field's type
+        (finite floats, ints in range, strings that are text; so every field added later
+        is covered), then the per-field ranges."""
+        problems = _type_problems(self)
+        if problems:  # the range checks below assume the types
+            raise RlhfkitError("\n".join(f"{source}: {p}" for p in problems))
+        if not 0 <= self.seed < SEED_LIMIT:
+            problems.append(f"seed must be in [0, 2**32) (what torch and numpy accept), "
+                            f"got {self.seed}")
         for name in ("preference_dataset", "prompt_dataset", "large_model_reference"):
             if not getattr(self, name):
                 problems.append(f"{name} is required")
@@ -200,35 +208,166 @@ class PipelineParams:
         return {n: getattr(self, n) for n in names}
 
 
+# -- checks derived from the type hints --------------------------------------------------
+
+SEED_LIMIT = 2**32  # numpy's RandomState and torch.manual_seed's generators take [0, 2**32)
+INT_LIMIT = 2**63  # every int field ends up in a torch/numpy int64 or a C loop counter
+
+
+def _article(word: str) -> str:
+    return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+
+def _type_name(base: Any) -> str:
+    return {bool: "true or false", int: "integer", float: "number", str: "string"}.get(
+        base, getattr(base, "__name__", str(base)))
+
+
 def _coerce(value: Any, hint: Any) -> Any:
-    """Check a JSON value against a field's annotation; ints are accepted for floats."""
+    """Check a JSON/YAML value against a field's annotation and return it in that type
+    (ints are accepted for floats). Generic on purpose: a field added to PipelineParams
+    gets these checks from its annotation alone. Raises TypeError with the reason."""
+    if typing.get_origin(hint) is typing.Literal:
+        if value in typing.get_args(hint) and type(value) is not bool:
+            return value
+        allowed = ", ".join(repr(a) for a in typing.get_args(hint))
+        raise TypeError(f"expected one of {allowed}, got {_shown(value)}")
     args = typing.get_args(hint)
     if value is None:
         if type(None) in args:
             return None
         raise TypeError("must not be null")
     base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if typing.get_origin(base) is typing.Literal:
+        return _coerce(value, base)
     if base is bool:
         if isinstance(value, bool):
             return value
-        raise TypeError(f"expected true or false, got {value!r}")
-    if isinstance(value, bool):
-        raise TypeError(f"expected a {base.__name__}, got {value!r}")
+        raise TypeError(f"expected true or false, got {_shown(value)}")
+    if isinstance(value, bool) and base in (int, float, str):
+        raise TypeError(f"expected {_article(_type_name(base))}, got {_shown(value)}")
     if base is int:
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise TypeError(f"expected an integer, got {value!r}")
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        if not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {_shown(value)}")
+        if not -INT_LIMIT < value < INT_LIMIT:
+            raise TypeError(f"must be between -2**63 and 2**63, got {_shown(value)}")
+        return value
     if base is float:
-        if isinstance(value, (int, float)):
-            return float(value)
-        raise TypeError(f"expected a number, got {value!r}")
+        if not isinstance(value, (int, float)):
+            raise TypeError(f"expected a number, got {_shown(value)}")
+        try:
+            value = float(value)
+        except OverflowError:
+            value = math.inf
+        if not math.isfinite(value):
+            raise TypeError(f"must be a finite number, got {_shown(value)}")
+        return value
     if base is str:
-        if isinstance(value, str):
-            return value
-        raise TypeError(f"expected a string, got {value!r}")
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {_shown(value)}")
+        if re.search("[\x00\ud800-\udfff]", value):
+            raise TypeError("must be text: it holds a NUL character or an unpaired UTF-16 "
+                            "surrogate")
+        return value
     return value
+
+
+def _shown(value: Any) -> str:
+    """A value in an error message: short, one line, printable."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else \
+            f"an integer of {len(str(abs(value)))} digits"
+    else:
+        text = ascii(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _type_problems(params: PipelineParams) -> list[str]:
+    """`_coerce` applied to every field's current value (values set in Python, not read
+    from a file, get the same checks)."""
+    hints = typing.get_type_hints(type(params))
+    problems = []
+    for f in fields(params):
+        try:
+            _coerce(getattr(params, f.name), hints[f.name])
+        except TypeError as exc:
+            problems.append(f"{f.name}: {exc}")
+    return problems
+
+
+# -- reading files ------------------------------------------------------------------------
+
+def _load_json(text: str, path: Path) -> Any:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        out: dict = {}
+        for key, value in pairs:
+            if key in out:
+                raise _Duplicate(key)
+            out[key] = value
+        return out
+
+    def parse_int(digits: str) -> int:
+        if len(digits) > 100:  # CPython refuses > 4,300 digits with a ValueError
+            raise ValueError(f"an integer of {len(digits)} digits")
+        return int(digits)
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates, parse_int=parse_int)
+    except json.JSONDecodeError as exc:
+        raise RlhfkitError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    except _Duplicate as exc:
+        raise RlhfkitError(f"{path}:{_second_line(text, exc.key)}: duplicate key "
+                           f"{exc.key!r}; give each parameter once") from None
+    except RecursionError:
+        raise RlhfkitError(f"{path}: invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise RlhfkitError(f"{path}: invalid JSON: {exc}") from None
+
+
+class _Duplicate(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _second_line(text: str, key: str) -> int:
+    """The line of the second `"key":` in a JSON text (1 if it cannot be found)."""
+    hits = [m.start() for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
+    return text.count("\n", 0, hits[1]) + 1 if len(hits) > 1 else 1
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (YAML 1.2 says keys
+    are unique; PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # unhashable or odd keys: from_dict says what is wrong with them
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}; give each parameter once",
+                    key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RlhfkitError(f"{path}{line}: invalid YAML: {problem}") from None
+    except RecursionError:
+        raise RlhfkitError(f"{path}: invalid YAML: nested too deeply") from None
+    except ValueError as exc:  # e.g. an int of 5,000 digits, a date like 2024-13-45
+        raise RlhfkitError(f"{path}: invalid YAML: {str(exc)[:120]}") from None
 
 
 def steps_for_epochs(dataset_size: int, batch_size: int, epochs: int) -> int:
