@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -27,8 +27,10 @@ from rlhfkit.io import atomic_write_json
 from rlhfkit.models import resolve_model_reference
 from rlhfkit.runstate import latest_checkpoint, mark_done, remove_checkpoints, save_checkpoint
 
-if TYPE_CHECKING:
-    from rlhfkit.policy import Trainer
+# The policy stage's trainer (rlhfkit.policy.Trainer), duck-typed so this module does not
+# import the stage that imports it: cfg, roles, optimizer, scheduler, kl_ctl, order,
+# reward_norm, accelerator.
+Trainer = Any
 
 STAGE_DIR = "policy"
 META_FILE = "rlhfkit.json"

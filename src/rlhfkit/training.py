@@ -98,13 +98,19 @@ class TensorBoard:
             self.writer.close()
 
 
-def check_finite(step: int, **values: torch.Tensor | float) -> None:
-    """Stop with a clear message naming the step when a loss or logits go NaN / inf."""
+def check_finite(step: int, all_reduce=None, **values: torch.Tensor | float) -> None:
+    """Stop with a clear message naming the step when a loss or logits go NaN / inf.
+    `all_reduce` (sums a tensor over processes) makes every rank agree, so all raise
+    together: one rank raising alone would leave the others waiting in a collective."""
     from rlhfkit.errors import RlhfkitError
 
-    for name, value in values.items():
-        t = value if isinstance(value, torch.Tensor) else torch.tensor(value)
-        if not torch.isfinite(t).all():
+    bad = torch.tensor([float(not torch.isfinite(torch.as_tensor(v)).all())
+                        for v in values.values()])
+    if all_reduce is not None:
+        device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), None)
+        bad = all_reduce(bad if device is None else bad.to(device)).cpu()
+    for name, flag in zip(values, bad.tolist(), strict=True):
+        if flag:
             raise RlhfkitError(
                 f"step {step}: {name} is not finite (NaN or inf); the last good checkpoint "
                 "is kept. Lower the learning-rate multiplier or check the data.")
