@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest_policy import make_reward_model, write_prompts
 from test_policy import TINY, changed, lora_weights, make_config
 from typer.testing import CliRunner
 
@@ -21,8 +22,22 @@ from rlhfkit.params import PipelineParams
 from rlhfkit.policy_model import build_roles
 from rlhfkit.training import make_accelerator
 
-# module-scoped fixtures of test_policy
-from test_policy import prompts, reward_models  # noqa: F401, E402  isort: skip
+
+@pytest.fixture(scope="module")
+def reward_models(tiny_model_dirs, tmp_path_factory):
+    """{arch: reward-model directory}, a LoRA seq-cls adapter on the tiny base."""
+    root = tmp_path_factory.mktemp("reward_models")
+
+    class Lazy(dict):
+        def __missing__(self, arch):
+            self[arch] = make_reward_model(tiny_model_dirs[arch], root / arch)
+            return self[arch]
+    return Lazy()
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl")
 
 
 def _batch(roles, n_new: int = 6):
@@ -103,7 +118,7 @@ def test_one_pass_gradient_equals_two_passes(lora_dim, tiny_model_dirs, reward_m
     assert any(g.abs().max() > 0 for g in one.values())
 
 
-def test_lora_shared_value_model_step(tiny_model_dirs, reward_models, prompts, tmp_path):  # noqa: F811
+def test_lora_shared_value_model_step(tiny_model_dirs, reward_models, prompts, tmp_path):
     arch = "gpt_neox"
     cfg = make_config(tmp_path, tiny_model_dirs[arch], reward_models[arch], prompts,
                       value_model="shared")
@@ -129,7 +144,7 @@ def test_lora_shared_value_model_step(tiny_model_dirs, reward_models, prompts, t
 @pytest.mark.parametrize("algorithm,loss_type", [("rloo", "dapo"), ("grpo", "grpo"),
                                                  ("grpo", "dr_grpo"), ("grpo", "dapo")])
 def test_rloo_grpo_step_builds_no_value_model(algorithm, loss_type, tiny_model_dirs,
-                                              reward_models, prompts, tmp_path):  # noqa: F811
+                                              reward_models, prompts, tmp_path):
     arch = "llama"
     cfg = make_config(tmp_path, tiny_model_dirs[arch], reward_models[arch], prompts,
                       rl_algorithm=algorithm, num_generations=3, loss_type=loss_type,
@@ -150,7 +165,7 @@ def test_rloo_grpo_step_builds_no_value_model(algorithm, loss_type, tiny_model_d
     assert changed(before, lora_weights(t.roles, "policy"))
 
 
-def test_bad_rl_options_fail_before_any_work(tiny_model_dirs, prompts, tmp_path):  # noqa: F811
+def test_bad_rl_options_fail_before_any_work(tiny_model_dirs, prompts, tmp_path):
     base = {"preference_dataset": str(prompts), "prompt_dataset": str(prompts),
             "large_model_reference": str(tiny_model_dirs["llama"])}
     with pytest.raises(RlhfkitError, match="'ppo', 'rloo', 'grpo'.*got 'a2c'"):
@@ -175,7 +190,7 @@ def test_bad_rl_options_fail_before_any_work(tiny_model_dirs, prompts, tmp_path)
 
 @pytest.mark.parametrize("algorithm", ["ppo-shared", "rloo", "grpo"])
 def test_cli_train_policy_each_method(algorithm, tiny_model_dirs, reward_models,
-                                      prompts, tmp_path):  # noqa: F811
+                                      prompts, tmp_path):
     from safetensors.torch import load_file
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -204,7 +219,7 @@ def test_cli_train_policy_each_method(algorithm, tiny_model_dirs, reward_models,
 
 @pytest.mark.parametrize("algorithm", ["grpo", "rloo"])
 def test_interrupted_run_resumes_to_the_same_policy(algorithm, tiny_model_dirs, reward_models,
-                                                    prompts, tmp_path, monkeypatch):  # noqa: F811
+                                                    prompts, tmp_path, monkeypatch):
     # Stopped after the step-2 checkpoint, rerun: the same adapter as one uninterrupted run.
     from safetensors.torch import load_file
 

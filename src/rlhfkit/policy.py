@@ -44,6 +44,7 @@ from rlhfkit.models import encode_prompts, pick_dtype
 from rlhfkit.params import PipelineParams
 from rlhfkit.policy_files import META_FILE, STAGE_DIR, resume, save_state, write_outputs
 from rlhfkit.policy_model import Roles, build_roles
+from rlhfkit.policy_rollout import PromptOrder, Rollout, format_samples, micro_slices, rollout
 from rlhfkit.runstate import (
     config_hash,
     done_hash,
@@ -142,34 +143,7 @@ class PolicyConfig:
         return config_hash(values)
 
 
-# -- the prompt loader ------------------------------------------------------------------------
-
-class PromptOrder:
-    """Epochs of shuffled prompt indices (seeded); the state is (epoch, position)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.position = n, seed, 0, 0
-
-    def _perm(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def take(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            perm = self._perm()
-            grab = perm[self.position:self.position + k - len(out)]
-            out += grab
-            self.position += len(grab)
-            if self.position >= self.n:
-                self.epoch, self.position = self.epoch + 1, 0
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-
-# -- the trainer and the rollout -------------------------------------------------------------
+# -- the trainer -------------------------------------------------------------
 
 @dataclass
 class Trainer:
@@ -202,96 +176,6 @@ class Trainer:
                 for _ in range(self.cfg.k)]
 
 
-@dataclass
-class Rollout:
-    """One step's episodes on this rank: E = batch_size x num_generations / processes, P =
-    prompt tokens, T = response tokens (the longest response), L = P + T.
-
-    query_ids, query_mask (E, P): left-padded prompts; responses, mask (E, T): sampled
-    tokens and 1 up to the first EOS; ids, attn (E, L): both joined; logprobs,
-    ref_logprobs (E, T): of the sampled tokens under the sampling policy and the reference;
-    values (E, T): V(s_t) before each token (PPO only, else None); raw_scores (E,): the
-    reward model's; scores (E,): after normalisation and missing-EOS penalty (what RL
-    maximises); entropy (E,): summed over each response; has_eos (E,)."""
-
-    query_ids: torch.Tensor
-    query_mask: torch.Tensor
-    responses: torch.Tensor
-    mask: torch.Tensor
-    ids: torch.Tensor
-    attn: torch.Tensor
-    logprobs: torch.Tensor
-    ref_logprobs: torch.Tensor
-    values: torch.Tensor | None
-    raw_scores: torch.Tensor
-    scores: torch.Tensor
-    entropy: torch.Tensor
-    has_eos: torch.Tensor
-
-    def __len__(self) -> int:
-        return self.responses.shape[0]
-
-
-@torch.no_grad()
-def rollout(t: Trainer, query: dict[str, torch.Tensor], step: int) -> Rollout:
-    """Sample responses and everything the update needs about them, micro-batch by
-    micro-batch (shapes: `Rollout`)."""
-    roles, cfg = t.roles, t.cfg
-    tok = roles.tokenizer
-    want_values = cfg.rl_algorithm == "ppo"
-    micro = list(_micro_slices(query["input_ids"].shape[0], cfg.micro_batch_size))
-    # The sampler's logprobs are the old logprobs (no extra policy forward pass); where the
-    # value head shares the policy's trunk, its hidden states give the values too (tests
-    # check both equal a batched forward pass's within float tolerance).
-    samples = [roles.sample(query["input_ids"][s], query["attention_mask"][s],
-                            cfg.target_sequence_length, step, with_values=want_values)
-               for s in micro]
-    width = max(x.tokens.shape[1] for x in samples)
-
-    def cat(name: str, value: float) -> torch.Tensor:  # micro-batches' (b, T_i) -> (E, width)
-        return torch.cat([torch.nn.functional.pad(getattr(x, name), (0, width - x.tokens.shape[1]),
-                                                  value=value) for x in samples])
-
-    responses, logprobs, entropy = cat("tokens", tok.pad_token_id), cat("logprobs", 0.0), \
-        cat("entropy", 0.0)
-    values = cat("values", 0.0) if samples[0].values is not None else None
-    mask = pm.response_mask(responses, roles.eos_ids)
-    ids = torch.cat([query["input_ids"], responses], 1)
-    attn = torch.cat([query["attention_mask"], torch.ones_like(responses)], 1)
-    ref, sep_values, scores = [], [], []
-    for s in micro:
-        if roles.has_reference:  # with LoRA the reference costs one forward pass, no memory
-            ref_logits = roles.logits(ids[s], attn[s], width, reference=True)
-            ref.append(pm.logprobs_from_logits(ref_logits, responses[s]))
-            del ref_logits
-        else:  # full tuning with kl_coeff = 0: no reference loaded, KL reads 0
-            ref.append(logprobs[s])
-        if want_values and values is None:  # a separate value adapter: its own pass
-            sep_values.append(roles.values(ids[s], attn[s], width))
-        reward_in = roles.reward_inputs(query["input_ids"][s], query["attention_mask"][s],
-                                        responses[s], mask[s])
-        scores.append(roles.scores(reward_in["input_ids"], reward_in["attention_mask"]))
-    if sep_values:
-        values = torch.cat(sep_values)
-    stop = torch.tensor(roles.eos_ids, dtype=torch.long, device=responses.device)
-    has_eos = torch.isin(responses, stop).any(1)
-    raw = torch.cat(scores)
-    return Rollout(query["input_ids"], query["attention_mask"], responses, mask, ids, attn,
-                   logprobs, torch.cat(ref), values, raw,
-                   shape_scores(raw, has_eos, cfg, t.reward_norm), (entropy * mask).sum(1),
-                   has_eos)
-
-
-def shape_scores(scores, has_eos, cfg: PolicyConfig, norm: tuple[float, float] | None):
-    """Reward normalisation (gain and bias fitted on the initial policy's samples, as
-    lm-human-preferences) and the missing-EOS penalty (TRL's missing_eos_penalty)."""
-    if norm is not None:
-        scores = (scores - norm[0]) / norm[1]
-    if cfg.missing_eos_penalty is not None:
-        scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
-    return scores
-
-
 # -- one step: rollout, then the algorithm's advantages and update ------------------------------
 
 def train_step(t: Trainer, step: int) -> tuple[dict[str, float], Rollout]:
@@ -301,7 +185,7 @@ def train_step(t: Trainer, step: int) -> tuple[dict[str, float], Rollout]:
     seed_everything(cfg.seed * 1_000_003 + step * 1009 + t.accelerator.process_index)
     query = encode_prompts(t.roles.tokenizer, t.local_batch(), cfg.prompt_sequence_length)
     query = {k: v.to(t.accelerator.device) for k, v in query.items()}
-    roll = rollout(t, query, step)                       # sample, logprobs, values, scores
+    roll = rollout(t.roles, cfg, query, step, t.reward_norm)  # sample, logprobs, values, scores
     kl = pm.kl_per_token(roll.logprobs, roll.ref_logprobs, cfg.kl_estimator)
     algorithm = {"ppo": ppo_step, "rloo": rloo_step, "grpo": grpo_step}[cfg.rl_algorithm]
     stats = algorithm(t, roll, kl, step)                  # advantages and update
@@ -438,7 +322,7 @@ def update(t: Trainer, mask: torch.Tensor, loss_of, step: int, prefix: str
             counts = Counts(t.all_sum(mask[idx].sum().clone()),
                             t.all_sum(torch.tensor(float(len(idx)), device=mask.device)))
             t.optimizer.zero_grad(set_to_none=True)
-            for s in _micro_slices(len(idx), cfg.micro_batch_size):
+            for s in micro_slices(len(idx), cfg.micro_batch_size):
                 _add(totals, loss_of(idx[s], counts))
             _sync_gradients(t, params)
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
@@ -499,12 +383,6 @@ def _sync_gradients(t: Trainer, params: list[torch.nn.Parameter]) -> None:
         offset += g.numel()
 
 
-def _micro_slices(n: int, micro: int | None):
-    step = micro or n
-    for i in range(0, n, step):
-        yield slice(i, min(i + step, n))
-
-
 # -- reward normalisation -------------------------------------------------------------------
 
 @torch.no_grad()
@@ -521,7 +399,7 @@ def fit_reward_norm(t: Trainer) -> tuple[float, float]:
                            cfg.prompt_sequence_length)
     query = {k: v.to(t.accelerator.device) for k, v in query.items()}
     scores = []
-    for s in _micro_slices(len(idx), cfg.micro_batch_size):
+    for s in micro_slices(len(idx), cfg.micro_batch_size):
         ids, attn = query["input_ids"][s], query["attention_mask"][s]
         responses = roles.sample(ids, attn, cfg.target_sequence_length).tokens
         mask = pm.response_mask(responses, roles.eos_ids)
@@ -606,7 +484,7 @@ def train_loop(t: Trainer, start: int, h: str) -> dict[str, float]:
             stats["time/step_seconds"] = time.monotonic() - t0
             tb.scalars(stats, step)
             if step % cfg.samples_every_steps == 0 or step == start + 1:
-                tb.text("samples", format_samples(t, roll), step)
+                tb.text("samples", format_samples(t.roles.tokenizer, roll), step)
             if stats["objective/kl"] > cfg.kl_warning and not kl_warned:
                 log.warn(f"step {step}: KL to the reference is {stats['objective/kl']:.1f} "
                          f"nats per response (> {cfg.kl_warning}); the policy may be gaming "
@@ -622,16 +500,3 @@ def train_loop(t: Trainer, start: int, h: str) -> dict[str, float]:
     finally:
         tb.close()
     return stats
-
-
-def format_samples(t: Trainer, roll: Rollout, n: int = 4) -> str:
-    """A few prompts and responses of this step as Markdown for TensorBoard's text tab."""
-    tok = t.roles.tokenizer
-    parts = []
-    for i in range(min(n, len(roll))):
-        prompt = tok.decode(roll.query_ids[i][roll.query_mask[i].bool()],
-                            skip_special_tokens=True)
-        response = tok.decode(roll.responses[i][roll.mask[i].bool()], skip_special_tokens=True)
-        parts.append(f"**prompt** (end): ...{prompt[-300:]}\n\n**response**: {response}\n\n"
-                     f"**score**: {float(roll.scores[i]):.3f}")
-    return "\n\n---\n\n".join(parts)
