@@ -246,3 +246,27 @@ def test_interrupted_run_resumes_to_the_same_policy(algorithm, tiny_model_dirs, 
     a = load_file(str(Path(whole["policy_dir"]) / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "policy" / "adapter_model.safetensors"))
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_grpo(tiny_model_dirs, reward_models, prompts, tmp_path):
+    # Each rank samples whole groups (k responses to each of its prompts), so group
+    # baselines need no communication; losses and gradients are the global batch's.
+    import subprocess
+    import sys
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from test_policy import _env, _params_file
+
+    params = _params_file(tmp_path / "params.json", tiny_model_dirs["llama"], prompts,
+                          rl_algorithm="grpo", num_generations=2)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "-m", "rlhfkit", "train-policy", str(params), "--output-dir", str(run),
+           "--reward-model", str(reward_models["llama"])]
+    done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "grpo" in done.stderr and "on 2 process(es)" in done.stderr
+    assert (run / "policy" / "DONE").is_file()
+    events = EventAccumulator(str(run / "reinforcer-logs")).Reload()
+    assert len(events.Scalars("grpo/loss/policy")) == TINY["reinforcement_learning_train_steps"]
