@@ -1,23 +1,27 @@
-"""PPO speed and memory: rlhfkit's policy stage vs TRL 1.12's trl.experimental.ppo PPOTrainer
-(and, for reference, TRL's RLOOTrainer).
+"""RL speed and memory: rlhfkit's policy stage vs TRL 1.12's trainer of the same method:
+PPO vs trl.experimental.ppo.PPOTrainer, RLOO vs trl.RLOOTrainer, GRPO vs trl.GRPOTrainer.
 
-Same policy (the demo world's ~1M-parameter Llama and the ~3M bench-3m variant), same reward
-model (rlhfkit's reward stage, LoRA rank 4; TRL gets it merged into a plain
-*ForSequenceClassification checkpoint, and its value model starts from it too, as TRL's
-examples do), same prompts (demo world), batch size, response length, PPO epochs,
-minibatches, KL coefficient, temperature 1, stop at EOS; CPU, float32, one thread.
-Tuning: LoRA rank 4 on the policy's linear layers (both sides: TRL 1.12's PPOTrainer takes
-`peft_config`, wraps the policy in it and uses the adapter-disabled policy as the
-reference; its value model stays a separate, fully trained model), or full tuning.
+Same policy (the demo world's ~1M-parameter Llama, or the ~3M bench-3m variant), same
+reward model (rlhfkit's reward stage, LoRA rank 4; TRL gets it merged into a plain
+*ForSequenceClassification checkpoint, and its PPO value model starts from it too, as
+TRL's examples do), same prompts (demo world), prompts per step, responses per prompt
+(RLOO / GRPO: `--generations`), response length, passes over each batch (PPO epochs =
+TRL's num_iterations for RLOO / GRPO), minibatches, KL coefficient (a reference is used
+on both sides), clip range 0.2, temperature 1, stop at EOS; CPU, float32, one thread.
+Tuning: LoRA rank 4 on every linear layer of the policy (both sides; TRL wraps the policy
+with `peft_config` and uses the adapter-disabled policy as the reference), or full.
+rlhfkit's PPO with LoRA runs twice: value_model "separate" (a value adapter) and "shared"
+(the value head on the policy adapter's trunk: one pass for logits and values); full
+tuning always shares the trunk. GRPO: loss_type "dapo" (TRL's default) on both sides.
 Each measurement is a fresh subprocess; the sides alternate every round.
 
-    .venv/bin/python benchmarks/ppo_vs_trl.py                  # everything, 3 rounds
-    .venv/bin/python benchmarks/ppo_vs_trl.py --models demo --tuning lora --rounds 1
+    .venv/bin/python benchmarks/ppo_vs_trl.py --data /work/main/demo/data \
+        --demo-model /work/main/demo/model --models demo --rounds 2
 
-episodes/s = batch_size * steps / training-loop seconds (rlhfkit: start of the first PPO
-step to the end of the last; TRL: on_train_begin to on_train_end; both include sampling,
-scoring, the PPO epochs and logging). wall = the whole child process from outside.
-Peak RSS = the child's VmHWM.
+episodes/s = prompts x responses per prompt x steps / training-loop seconds (rlhfkit:
+start of the first RL step to the end of the last; TRL: on_train_begin to on_train_end;
+both include sampling, scoring, the update passes and logging). wall = the whole child
+process from outside. Peak RSS = the child's VmHWM.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def child_rlhfkit(a) -> dict:
     t_start = time.monotonic()
     B.child_setup()
     from rlhfkit import policy
+    from rlhfkit.params import PipelineParams
 
     marks: list[float] = []
     inner = policy.train_step
@@ -53,18 +58,39 @@ def child_rlhfkit(a) -> dict:
 
     policy.train_step = timed
     with tempfile.TemporaryDirectory(prefix="bench_ppo_") as out:
-        cfg = policy.PolicyConfig(
+        method, _, layout = a.method.partition("-")  # ppo-separate, ppo-shared, rloo, grpo
+        params = PipelineParams(
             large_model_reference=a.model, prompt_dataset=str(Path(a.data) / "prompt.jsonl"),
-            output_dir=out, reward_model_dir=a.reward_dir, instruction=B.INSTRUCTION,
+            preference_dataset=str(Path(a.data) / "preference.jsonl"), instruction=B.INSTRUCTION,
             prompt_sequence_length=a.prompt_len, target_sequence_length=a.response_len,
             reinforcement_learning_train_steps=a.steps, batch_size=a.batch_size,
             policy_lora_dim=LORA_RANK if a.tuning == "lora" else 0, kl_coeff=KL_COEF,
             ppo_epochs=a.ppo_epochs, num_minibatches=a.minibatches, seed=0,
-            checkpoint_every_steps=10**9, samples_every_steps=10**9)
-        policy.run(cfg)
+            checkpoint_every_steps=10**9, rl_algorithm=method,
+            num_generations=_generations(a), value_model=layout or "separate",
+            loss_type="dapo")
+        params.validate()
+        policy.run(policy.PolicyConfig(params, out, reward_model_dir=a.reward_dir,
+                                       samples_every_steps=10**9))
     loop = marks[-1] - marks[0]
-    return {"loop_s": round(loop, 3), "episodes_per_s": round(a.batch_size * a.steps / loop, 3),
+    return _result(a, loop, t_start)
+
+
+def _generations(a) -> int:
+    return 1 if a.method.startswith("ppo") else a.generations
+
+
+def _result(a, loop: float, t_start: float) -> dict:
+    episodes = a.batch_size * _generations(a) * a.steps
+    return {"loop_s": round(loop, 3), "episodes_per_s": round(episodes / loop, 3),
             "inner_wall_s": round(time.monotonic() - t_start, 2)}
+
+
+def _lora():
+    from peft import LoraConfig
+
+    return LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
+                      target_modules="all-linear", task_type="CAUSAL_LM", bias="none")
 
 
 class _Clock:
@@ -94,7 +120,6 @@ def child_trl_ppo(a) -> dict:
     t_start = time.monotonic()
     B.child_setup()
     from datasets import Dataset
-    from peft import LoraConfig
     from transformers import (
         AutoModelForCausalLM,
         AutoModelForSequenceClassification,
@@ -111,9 +136,7 @@ def child_trl_ppo(a) -> dict:
     ref = None if a.tuning == "lora" else AutoModelForCausalLM.from_pretrained(a.model)
     reward = AutoModelForSequenceClassification.from_pretrained(a.trl_reward_dir, num_labels=1)
     value = AutoModelForSequenceClassification.from_pretrained(a.trl_reward_dir, num_labels=1)
-    peft_config = (LoraConfig(r=LORA_RANK, lora_alpha=2 * LORA_RANK, lora_dropout=0.0,
-                              target_modules="all-linear", task_type="CAUSAL_LM", bias="none")
-                   if a.tuning == "lora" else None)
+    peft_config = _lora() if a.tuning == "lora" else None
     clock = _Clock()
     with tempfile.TemporaryDirectory(prefix="bench_trl_ppo_") as out:
         args = PPOConfig(
@@ -129,68 +152,85 @@ def child_trl_ppo(a) -> dict:
                              reward_model=reward, train_dataset=data, value_model=value,
                              callbacks=[clock.callback], peft_config=peft_config)
         trainer.train()
-    loop = clock.t1 - clock.t0
-    return {"loop_s": round(loop, 3), "episodes_per_s": round(a.batch_size * a.steps / loop, 3),
-            "inner_wall_s": round(time.monotonic() - t_start, 2)}
+    return _result(a, clock.t1 - clock.t0, t_start)
 
 
-def child_trl_rloo(a) -> dict:
-    """RLOO at the same number of completions per step (batch_size = prompts x 2
-    generations), the same number of gradient passes over them (num_iterations =
-    ppo_epochs) and the same KL coefficient (beta: a reference model is loaded)."""
+def child_trl_grouped(a) -> dict:
+    """TRL's RLOOTrainer or GRPOTrainer at rlhfkit's settings: `batch_size` prompts x
+    `generations` completions per generation round (per_device_train_batch_size = their
+    product, steps_per_generation 1), `ppo_epochs` optimizer steps over each round
+    (num_iterations), the same KL coefficient (beta > 0: a reference is used)."""
     t_start = time.monotonic()
     B.child_setup()
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from trl import RLOOConfig, RLOOTrainer
 
     tok = AutoTokenizer.from_pretrained(a.model, padding_side="left")
     data = Dataset.from_dict({"prompt": _prompts(a, tok)})
     reward = AutoModelForSequenceClassification.from_pretrained(a.trl_reward_dir, num_labels=1)
+    common = dict(
+        per_device_train_batch_size=a.batch_size * a.generations,
+        num_generations=a.generations, steps_per_generation=1, num_iterations=a.ppo_epochs,
+        max_steps=a.steps * a.ppo_epochs, max_completion_length=a.response_len,
+        temperature=1.0, beta=KL_COEF, epsilon=0.2, learning_rate=LR[a.tuning],
+        use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
+        report_to="none", save_strategy="no", logging_steps=10**6, disable_tqdm=True,
+        dataloader_num_workers=0, seed=0, log_completions=False)
+    if a.method == "rloo":
+        from trl import RLOOConfig as Config
+        from trl import RLOOTrainer as Trainer
+    else:
+        from trl import GRPOConfig as Config
+        from trl import GRPOTrainer as Trainer
+        common["loss_type"] = "dapo"
     clock = _Clock()
-    with tempfile.TemporaryDirectory(prefix="bench_trl_rloo_") as out:
-        args = RLOOConfig(
-            output_dir=out, per_device_train_batch_size=a.batch_size, num_generations=2,
-            steps_per_generation=1, num_iterations=a.ppo_epochs,
-            max_steps=a.steps * a.ppo_epochs, max_completion_length=a.response_len,
-            temperature=1.0, beta=KL_COEF, learning_rate=LR["full"], use_cpu=True,
-            bf16=False, fp16=False, gradient_checkpointing=False, report_to="none",
-            save_strategy="no", logging_steps=10**6, disable_tqdm=True,
-            dataloader_num_workers=0, seed=0, log_completions=False)
-        trainer = RLOOTrainer(model=a.model, reward_funcs=reward, args=args, train_dataset=data,
-                              processing_class=tok, callbacks=[clock.callback])
+    with tempfile.TemporaryDirectory(prefix=f"bench_trl_{a.method}_") as out:
+        trainer = Trainer(model=a.model, reward_funcs=reward, args=Config(output_dir=out, **common),
+                          train_dataset=data, processing_class=tok, callbacks=[clock.callback],
+                          peft_config=_lora() if a.tuning == "lora" else None)
         trainer.train()
-    loop = clock.t1 - clock.t0
-    return {"loop_s": round(loop, 3), "episodes_per_s": round(a.batch_size * a.steps / loop, 3),
-            "inner_wall_s": round(time.monotonic() - t_start, 2)}
+    return _result(a, clock.t1 - clock.t0, t_start)
 
 
 def prepare_reward(a, preset: str, model: str, work: Path) -> tuple[str, str]:
     """(rlhfkit reward_model dir, merged plain checkpoint for TRL), trained once with a few
-    steps of rlhfkit's reward stage (reward quality does not matter for speed)."""
+    steps of rlhfkit's reward stage through its CLI (reward quality does not matter for
+    speed)."""
+    import subprocess
+
     run, merged = work / preset / "run", work / preset / "reward_merged"
     if not (merged / "config.json").is_file():
+        params = work / preset / "reward_params.json"
+        params.parent.mkdir(parents=True, exist_ok=True)
+        params.write_text(json.dumps({
+            "preference_dataset": str(Path(a.data) / "preference.jsonl"),
+            "prompt_dataset": str(Path(a.data) / "prompt.jsonl"),
+            "large_model_reference": model, "instruction": B.INSTRUCTION,
+            "prompt_sequence_length": a.prompt_len, "target_sequence_length": 64,
+            "reward_model_train_steps": a.reward_steps, "batch_size": 16,
+            "reward_lora_dim": 4, "reward_model_learning_rate_multiplier": 10}))
+        subprocess.run([sys.executable, "-m", "rlhfkit", "train-reward", str(params),
+                        "--output-dir", str(run), "--no-progress"], check=True)
         code = f"""
-import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})
-import _bench as B; B.child_setup()
-from rlhfkit import reward
 from rlhfkit.reward_model import load_reward_model
-from rlhfkit.params import PipelineParams
-cfg = reward.RewardConfig(PipelineParams(
-    preference_dataset={str(Path(a.data) / 'preference.jsonl')!r},
-    large_model_reference={model!r}, instruction=B.INSTRUCTION,
-    prompt_sequence_length={a.prompt_len}, target_sequence_length=64,
-    reward_model_train_steps={a.reward_steps}, batch_size=16, reward_lora_dim=4,
-    reward_model_learning_rate_multiplier=10), output_dir={str(run)!r}, progress=False)
-reward.run(cfg)
 rm, tok, meta = load_reward_model({str(run / 'reward_model')!r})
 hf = rm.model.merge_and_unload()
 hf.save_pretrained({str(merged)!r}); tok.save_pretrained({str(merged)!r})
 """
-        import subprocess
-
         subprocess.run([sys.executable, "-c", code], check=True)
     return str(run / "reward_model"), str(merged)
+
+
+# (method, tuning) -> rlhfkit's sides; TRL's side is "trl"
+RLHFKIT_SIDES = {("ppo", "lora"): ["ppo-separate", "ppo-shared"], ("ppo", "full"): ["ppo-shared"]}
+TRL_NAMES = {"ppo": "TRL PPOTrainer", "rloo": "TRL RLOOTrainer", "grpo": "TRL GRPOTrainer"}
+
+
+def side_name(side: str, method: str) -> str:
+    if side == "trl":
+        return TRL_NAMES[method]
+    return {"ppo-separate": "rlhfkit PPO, value separate", "ppo-shared": "rlhfkit PPO, value shared",
+            "rloo": "rlhfkit RLOO", "grpo": "rlhfkit GRPO"}[side]
 
 
 def parent(a) -> None:
@@ -203,44 +243,52 @@ def parent(a) -> None:
     print(json.dumps(info), flush=True)
     common = ["--data", a.data, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
               "--prompt-len", str(a.prompt_len), "--response-len", str(a.response_len),
-              "--ppo-epochs", str(a.ppo_epochs), "--minibatches", str(a.minibatches)]
+              "--ppo-epochs", str(a.ppo_epochs), "--minibatches", str(a.minibatches),
+              "--generations", str(a.generations)]
     rows, raw, loads = [], {}, []
-    names = {"rlhfkit": "rlhfkit", "trl": "TRL PPOTrainer", "rloo": "TRL RLOOTrainer (ref.)"}
     for preset, path in models.items():
         rdir, merged = prepare_reward(a, preset, path, work)
-        for tuning in a.tuning:
-            key = f"{preset}/{tuning}"
-            print(f"== {key}", flush=True)
-            sides = ["rlhfkit", "trl"] + (["rloo"] if a.rloo and tuning == "full" else [])
-            cases = [(f"{key}/{s}", ["--side", s, "--model", path, "--reward-dir", rdir,
-                                     "--trl-reward-dir", merged, "--tuning", tuning, *common])
-                     for s in sides]
-            res = B.alternate(__file__, cases, a.rounds, work, loads)
-            raw[key] = res
-            for s in sides:
-                rs = res[f"{key}/{s}"]
-                rows.append([preset, tuning, names[s], f"{B.median(rs, 'episodes_per_s'):.2f} "
-                             f"({B.spread(rs, 'episodes_per_s')})",
-                             f"{B.median(rs, 'wall_s'):.1f}",
-                             f"{B.median(rs, 'peak_rss_mib'):.0f}"])
-            rk, tr = res[f"{key}/rlhfkit"], res[f"{key}/trl"]
-            speed = B.median(rk, "episodes_per_s") / B.median(tr, "episodes_per_s")
-            mem = B.median(rk, "peak_rss_mib") / B.median(tr, "peak_rss_mib")
-            wall = B.median(rk, "wall_s") / B.median(tr, "wall_s")
-            goal = f"speed goal >= 3x {'met' if speed >= 3 else 'NOT met'}"
-            if tuning == "lora" and preset == "bench-3m":
-                goal += f"; memory goal <= 0.5x {'met' if mem <= 0.5 else 'NOT met'}"
-            rows.append([preset, tuning, "**rlhfkit / TRL-PPO**", f"**{speed:.2f}x**",
-                         f"{wall:.2f}x", f"{mem:.2f}x ({goal})"])
+        for method in a.methods:
+            for tuning in a.tuning:
+                key = f"{preset}/{method}/{tuning}"
+                print(f"== {key}", flush=True)
+                ours = RLHFKIT_SIDES.get((method, tuning), [method])
+                cases = [(f"{key}/{s}", ["--side", s, "--method", s if s != "trl" else method,
+                                         "--model", path, "--reward-dir", rdir,
+                                         "--trl-reward-dir", merged, "--tuning", tuning,
+                                         *common]) for s in [*ours, "trl"]]
+                res = B.alternate(__file__, cases, a.rounds, work, loads)
+                raw[key] = res
+                rows += table_rows(preset, method, tuning, ours, res, key)
+    k = a.generations
     print()
-    print(f"{a.steps} PPO steps of {a.batch_size} prompts, response length {a.response_len}, "
-          f"{a.ppo_epochs} PPO epochs x {a.minibatches} minibatch(es), LoRA rank {LORA_RANK}, "
-          f"{a.rounds} rounds, load average during the runs {min(loads):.1f}-{max(loads):.1f}")
-    print(B.markdown_table(["model", "tuning", "side", "episodes/s, median (min-max)",
+    print(f"{a.steps} steps of {a.batch_size} prompts (PPO: 1 response each, RLOO / GRPO: {k}), "
+          f"response length {a.response_len}, {a.ppo_epochs} passes x {a.minibatches} "
+          f"minibatch(es), LoRA rank {LORA_RANK}, {a.rounds} rounds, load average during the "
+          f"runs {min(loads):.1f}-{max(loads):.1f}")
+    print(B.markdown_table(["model", "method", "tuning", "side", "episodes/s, median (min-max)",
                             "wall s", "peak RSS MiB"], rows))
-    (work / "ppo_results.json").write_text(json.dumps(
+    (work / "rl_results.json").write_text(json.dumps(
         {"machine": info, "args": vars(a), "loadavg": loads, "results": raw}, indent=1))
-    print(f"raw results: {work / 'ppo_results.json'}")
+    print(f"raw results: {work / 'rl_results.json'}")
+
+
+def table_rows(preset, method, tuning, ours, res, key) -> list[list]:
+    rows = []
+    tr = res[f"{key}/trl"]
+    for s in [*ours, "trl"]:
+        rs = res[f"{key}/{s}"]
+        rows.append([preset, method, tuning, side_name(s, method),
+                     f"{B.median(rs, 'episodes_per_s'):.2f} ({B.spread(rs, 'episodes_per_s')})",
+                     f"{B.median(rs, 'wall_s'):.1f}", f"{B.median(rs, 'peak_rss_mib'):.0f}"])
+    for s in ours:
+        rs = res[f"{key}/{s}"]
+        speed = B.median(rs, "episodes_per_s") / B.median(tr, "episodes_per_s")
+        mem = B.median(rs, "peak_rss_mib") / B.median(tr, "peak_rss_mib")
+        wall = B.median(rs, "wall_s") / B.median(tr, "wall_s")
+        rows.append([preset, method, tuning, f"**{side_name(s, method)} / TRL**",
+                     f"**{speed:.2f}x**", f"{wall:.2f}x", f"**{mem:.2f}x**"])
+    return rows
 
 
 def main() -> None:
@@ -248,15 +296,16 @@ def main() -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n".join(__doc__.splitlines()[1:]))
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--side", choices=["rlhfkit", "trl", "rloo"], help=argparse.SUPPRESS)
+    ap.add_argument("--side", help=argparse.SUPPRESS)
+    ap.add_argument("--method", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--reward-dir", help=argparse.SUPPRESS)
     ap.add_argument("--trl-reward-dir", help=argparse.SUPPRESS)
     ap.add_argument("--models", nargs="+", default=["demo", "bench-3m"],
                     choices=["demo", "bench-3m"])
+    ap.add_argument("--methods", nargs="+", default=["ppo", "rloo", "grpo"],
+                    choices=["ppo", "rloo", "grpo"])
     ap.add_argument("--tuning", nargs="+", default=["lora", "full"], choices=["lora", "full"])
-    ap.add_argument("--no-rloo", dest="rloo", action="store_false",
-                    help="skip the TRL RLOOTrainer reference runs (full tuning only)")
     ap.add_argument("--demo-model", default=B.DEMO_MODEL, help="demo preset model dir")
     ap.add_argument("--model-3m", default="/tmp/bench_trl/model-3m",
                     help="bench-3m model dir (built if missing)")
@@ -264,9 +313,11 @@ def main() -> None:
     ap.add_argument("--reward-steps", type=int, default=5,
                     help="reward-stage steps when preparing each reward model")
     ap.add_argument("--data", default=B.DEMO_DATA, help="demo world data dir (built if missing)")
-    ap.add_argument("--work", default="/tmp/bench_trl/ppo", help="reward models, logs, results")
-    ap.add_argument("--steps", type=int, default=3, help="PPO steps per run")
-    ap.add_argument("--batch-size", type=int, default=16, help="prompts (episodes) per step")
+    ap.add_argument("--work", default="/tmp/bench_trl/rl", help="reward models, logs, results")
+    ap.add_argument("--steps", type=int, default=3, help="RL steps per run")
+    ap.add_argument("--batch-size", type=int, default=16, help="prompts per step")
+    ap.add_argument("--generations", type=int, default=2,
+                    help="responses per prompt for RLOO and GRPO (PPO: 1)")
     ap.add_argument("--prompt-len", type=int, default=160)
     ap.add_argument("--response-len", type=int, default=32)
     ap.add_argument("--ppo-epochs", type=int, default=4)
@@ -275,7 +326,10 @@ def main() -> None:
     a = ap.parse_args()
     if a.child:
         a.tuning = a.tuning[0]
-        fn = {"rlhfkit": child_rlhfkit, "trl": child_trl_ppo, "rloo": child_trl_rloo}[a.side]
+        if a.side == "trl":
+            fn = child_trl_ppo if a.method == "ppo" else child_trl_grouped
+        else:
+            fn = child_rlhfkit
         B.report(fn(a))
     else:
         parent(a)

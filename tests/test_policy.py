@@ -3,6 +3,7 @@ outputs, NaN handling, kill-and-resume and a 2-process run."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -20,6 +21,7 @@ from rlhfkit import policy
 from rlhfkit import ppo_math as pm
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models import encode_prompts, load_causal_lm
+from rlhfkit.params import PipelineParams
 from rlhfkit.policy_model import build_roles, positions
 from rlhfkit.training import make_accelerator
 
@@ -47,9 +49,13 @@ def prompts(tmp_path_factory) -> Path:
 
 
 def make_config(run: Path, base: Path, reward: Path, prompts: Path, **kw) -> policy.PolicyConfig:
-    values = {**TINY, **kw}
-    return policy.PolicyConfig(large_model_reference=str(base), prompt_dataset=str(prompts),
-                         output_dir=str(run), reward_model_dir=str(reward), **values)
+    own = {f.name for f in dataclasses.fields(policy.PolicyConfig)}
+    params = PipelineParams(large_model_reference=str(base), prompt_dataset=str(prompts),
+                            preference_dataset=str(prompts),
+                            **{k: v for k, v in {**TINY, **kw}.items() if k not in own})
+    params.validate()
+    return policy.PolicyConfig(params, str(run), reward_model_dir=str(reward),
+                               **{k: v for k, v in kw.items() if k in own})
 
 
 def lora_weights(roles, adapter: str) -> dict[str, torch.Tensor]:
@@ -89,7 +95,7 @@ def test_one_ppo_step_trains_policy_and_value_only(arch, tiny_model_dirs, reward
     assert not changed(base, base_weights(t.roles))
     # The reference is the untouched base model: its logits equal a fresh load's.
     plain = load_causal_lm(str(tiny_model_dirs[arch]))
-    ids, attn, width = roll["ids"], roll["attn"], roll["responses"].shape[1]
+    ids, attn, width = roll.ids, roll.attn, roll.responses.shape[1]
     with torch.no_grad():
         ref = t.roles.logits(ids, attn, width, reference=True)
         want = plain(input_ids=ids, attention_mask=attn, position_ids=positions(attn)).logits
@@ -114,7 +120,8 @@ def test_sampler_logprobs_equal_a_forward_pass(tiny_model_dirs, reward_models, p
                         temperature=temperature)
     q = encode_prompts(roles.tokenizer, ["a", "a much longer prompt about my dog"], 16)
     torch.manual_seed(0)
-    responses, sampled, entropy = roles.sample(q["input_ids"], q["attention_mask"], 8)
+    out = roles.sample(q["input_ids"], q["attention_mask"], 8)
+    responses, sampled, entropy = out.tokens, out.logprobs, out.entropy
     ids = torch.cat([q["input_ids"], responses], 1)
     attn = torch.cat([q["attention_mask"], torch.ones_like(responses)], 1)
     with torch.no_grad():
@@ -195,9 +202,9 @@ def test_full_tuning_step_keeps_the_reference_frozen(tiny_model_dirs, reward_mod
     assert changed(pol, {n: p.detach() for n, p in t.roles.lm.named_parameters()})
     assert not changed(ref, dict(t.roles.reference.named_parameters()))
     with torch.no_grad():
-        width = roll["responses"].shape[1]
-        ref_logits = t.roles.logits(roll["ids"], roll["attn"], width, reference=True)
-        pol_logits = t.roles.logits(roll["ids"], roll["attn"], width)
+        width = roll.responses.shape[1]
+        ref_logits = t.roles.logits(roll.ids, roll.attn, width, reference=True)
+        pol_logits = t.roles.logits(roll.ids, roll.attn, width)
     assert not torch.allclose(ref_logits, pol_logits, atol=1e-6)
 
 

@@ -35,6 +35,10 @@ CLOUD_ONLY = {
     "deploy_model": "deploys an endpoint in Vertex; the tuned model stays in RUN/policy/",
 }
 
+RL_ALGORITHMS = ("ppo", "rloo", "grpo")
+VALUE_MODELS = ("separate", "shared")
+LOSS_TYPES = ("grpo", "dr_grpo", "dapo")  # GRPO token averaging, see rl_math.token_weights
+
 
 @dataclass
 class PipelineParams:
@@ -89,6 +93,11 @@ class PipelineParams:
     missing_eos_penalty: float | None = None
     normalize_reward: bool = False
     temperature: float = 1.0  # PPO sampling; the trained policy is softmax(logits / T), as TRL
+    # -- RL algorithm (issue 10): ppo (Vertex-like default), rloo or grpo, same rollout ------
+    rl_algorithm: str = "ppo"  # "ppo" | "rloo" (Ahmadian et al. 2024) | "grpo" (Shao et al. 2024)
+    num_generations: int | None = None  # responses per prompt (k); None: 1 for ppo, 4 otherwise
+    value_model: str = "separate"  # PPO with LoRA: "separate" value adapter | "shared" trunk
+    loss_type: str = "dapo"  # GRPO's token averaging: "grpo" | "dr_grpo" | "dapo" (TRL's default)
     # Bulk inference
     inference_temperature: float = 0.0  # 0 = greedy, as Vertex's bulk inferrer
     merge_adapter: bool = False
@@ -191,6 +200,7 @@ class PipelineParams:
             problems.append(f"kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}")
         if self.target_kl is not None and self.target_kl <= 0:
             problems.append(f"target_kl must be > 0, got {self.target_kl}")
+        problems += self._rl_algorithm_problems()
         if self.batch_size % self.num_minibatches:
             problems.append(f"batch_size ({self.batch_size}) must be divisible by "
                             f"num_minibatches ({self.num_minibatches})")
@@ -199,6 +209,29 @@ class PipelineParams:
                             f"got {self.reward_tie_threshold}")
         if problems:
             raise RlhfkitError("\n".join(f"{source}: {p}" for p in problems))
+
+    def _rl_algorithm_problems(self) -> list[str]:
+        """The RL algorithm block's checks: a name not in the list names the valid ones."""
+        problems = []
+        for name, valid in (("rl_algorithm", RL_ALGORITHMS), ("value_model", VALUE_MODELS),
+                            ("loss_type", LOSS_TYPES)):
+            if getattr(self, name) not in valid:
+                problems.append(f"{name} must be one of {', '.join(map(repr, valid))}, "
+                                f"got {getattr(self, name)!r}")
+        k = self.num_generations
+        if k is not None and k < 1:
+            problems.append(f"num_generations must be >= 1, got {k}")
+        if self.rl_algorithm in ("rloo", "grpo") and k is not None and k < 2:
+            problems.append(f"num_generations must be >= 2 for {self.rl_algorithm} (its baseline "
+                            f"compares the responses to one prompt), got {k}")
+        return problems
+
+    @property
+    def generations_per_prompt(self) -> int:
+        """num_generations resolved: 1 for PPO, 4 for RLOO and GRPO unless set."""
+        if self.num_generations is not None:
+            return self.num_generations
+        return 1 if self.rl_algorithm == "ppo" else 4
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

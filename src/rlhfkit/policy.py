@@ -1,7 +1,8 @@
-"""The RL stage: tune the policy with PPO against the reward model (Vertex's "reinforcer").
+"""The RL stage: tune the policy against the reward model (Vertex's "reinforcer") with
+PPO (the default), RLOO or GRPO (`rl_algorithm`).
 
-One step, in the shape of OpenAI's lm-human-preferences and "The N Implementation
-Details of RLHF with PPO" (Huang et al. 2023), for a batch of `batch_size` prompts:
+PPO, in the shape of OpenAI's lm-human-preferences and "The N Implementation Details of
+RLHF with PPO" (Huang et al. 2023), for a batch of `batch_size` prompts:
 
 1. sample responses (temperature 1, no top-k / top-p; stop at EOS or
    `target_sequence_length`),
@@ -10,19 +11,26 @@ Details of RLHF with PPO" (Huang et al. 2023), for a batch of `batch_size` promp
 4. rewards = -kl_coeff * KL per token, plus the score at the last token,
 5. GAE advantages (gamma, lam), whitened over the global batch,
 6. `ppo_epochs` passes over `num_minibatches` minibatches of the clipped policy loss +
-   vf_coef * the clipped value loss,
+   vf_coef * the clipped value loss (one forward and backward where the value head
+   shares the policy's trunk),
 7. log to RUN/reinforcer-logs, checkpoint to RUN/policy/checkpoint-N.
 
-The maths are pure functions in `ppo_math`; the roles (policy, value, reference, reward on
-one base) are in `policy_model`. Under `torchrun --nproc_per_node N` each rank samples its
-share of the batch; moments, losses and gradients are those of the global batch.
+RLOO and GRPO sample `num_generations` responses per prompt with the same rollout (no
+values), replace 4-5 by their baselines (`rl_math`) and 6 by their losses over the same
+epochs and minibatches, and build no value model.
+
+The maths are pure functions in `ppo_math` and `rl_math`; the roles (policy, value,
+reference, reward on one base) are in `policy_model`. Under `torchrun --nproc_per_node N`
+each rank samples its share of the batch (whole groups of k); moments, losses and
+gradients are those of the global batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -30,17 +38,26 @@ import torch
 
 from rlhfkit import log
 from rlhfkit import ppo_math as pm
+from rlhfkit import rl_math as rl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models import encode_prompts, pick_dtype
+from rlhfkit.params import PipelineParams
 from rlhfkit.policy_files import META_FILE, STAGE_DIR, resume, save_state, write_outputs
 from rlhfkit.policy_model import Roles, build_roles
+from rlhfkit.policy_rollout import PromptOrder, Rollout, format_samples, micro_slices, rollout
 from rlhfkit.runstate import (
     done_hash,
     is_done,
     seed_everything,
     stage_key,
 )
-from rlhfkit.training import TensorBoard, make_accelerator, reduce_mean, warmup_decay_schedule
+from rlhfkit.training import (
+    TensorBoard,
+    check_finite,
+    make_accelerator,
+    reduce_mean,
+    warmup_decay_schedule,
+)
 
 # Base learning rates of AdamW, multiplied by `reinforcement_learning_rate_multiplier`.
 # Full tuning: 3e-6, the rate of the TL;DR PPO runs in "N Implementation Details" (1B-7B).
@@ -51,57 +68,53 @@ ADAM_EPS = 1e-5  # lm-human-preferences
 LOGS_DIR = "reinforcer-logs"
 
 
+# What the policy stage's outputs depend on, of the pipeline's parameters (its DONE hash).
+POLICY_KEYS = (
+    "large_model_reference", "prompt_dataset", "instruction", "prompt_sequence_length",
+    "target_sequence_length", "reinforcement_learning_train_steps",
+    "reinforcement_learning_rate_multiplier", "batch_size", "policy_lora_dim", "kl_coeff",
+    "kl_estimator", "target_kl", "kl_horizon", "ppo_epochs", "num_minibatches", "cliprange",
+    "cliprange_value", "vf_coef", "gamma", "lam", "whiten_rewards", "missing_eos_penalty",
+    "normalize_reward", "temperature", "merge_adapter", "seed", "trust_remote_code",
+    "rl_algorithm", "num_generations", "value_model", "loss_type")
+
+
 @dataclass
 class PolicyConfig:
-    """The RL stage's inputs. Field names are PipelineParams' (Vertex's where they exist).
-    Units: lengths in tokens, batch sizes in prompts, steps in PPO steps (one batch each)."""
+    """The RL stage's inputs: the pipeline's parameters (`params`, the one declaration of
+    each key, default and check; read as `cfg.<key>`) plus options of this stage alone.
+    Units: lengths in tokens, batch sizes in prompts, steps in RL steps (one batch each)."""
 
-    large_model_reference: str
-    prompt_dataset: str
+    params: PipelineParams
     output_dir: str  # RUN: reads RUN/reward_model, writes RUN/policy and RUN/reinforcer-logs
     reward_model_dir: str | None = None  # None: RUN/reward_model
-    instruction: str | None = None
-    prompt_sequence_length: int = 512
-    target_sequence_length: int = 64
-    reinforcement_learning_train_steps: int = 1000
-    reinforcement_learning_rate_multiplier: float = 1.0
-    batch_size: int = 64
-    micro_batch_size: int | None = None  # per process and forward pass; None: no split
-    policy_lora_dim: int = 1  # 0 = full tuning
-    kl_coeff: float = 0.1
-    kl_estimator: str = "k1"
-    target_kl: float | None = None  # nats per response; set to adapt kl_coeff
-    kl_horizon: int = 10000  # samples
-    ppo_epochs: int = 4
-    num_minibatches: int = 1
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_rewards: bool = False
-    missing_eos_penalty: float | None = None
-    normalize_reward: bool = False
-    temperature: float = 1.0  # of sampling and of every logprob PPO takes (TRL's temperature)
-    merge_adapter: bool = False
-    seed: int = 0
-    checkpoint_every_steps: int = 50
-    trust_remote_code: bool = False
-    # Not pipeline parameters:
     samples_every_steps: int = 10  # sampled prompts and responses to TensorBoard
     kl_warning: float = 20.0  # nats per response: warn when the KL to the reference passes it
     max_grad_norm: float = 1.0
     num_normalize_prompts: int = 64  # prompts sampled to fit normalize_reward's gain/bias
 
+    def __getattr__(self, name: str) -> Any:
+        """A pipeline parameter (`cfg.kl_coeff` is `cfg.params.kl_coeff`): the stage never
+        re-declares one, so a renamed or re-defaulted key cannot keep a stale copy here."""
+        params = self.__dict__.get("params")
+        if params is None or name.startswith("__") or not hasattr(params, name):
+            raise AttributeError(name)
+        return getattr(params, name)
+
     @classmethod
-    def from_params(cls, params, output_dir: str | Path | None = None,
+    def from_params(cls, params: PipelineParams, output_dir: str | Path | None = None,
                     **overrides) -> PolicyConfig:
+        """`overrides`: this stage's own options, or pipeline keys (e.g. merge_adapter from
+        `--merge`), which replace those of `params` (checked again)."""
         out = output_dir or params.output_dir
         if not out:
             raise RlhfkitError("no output directory: pass --output-dir RUN or set output_dir")
-        values = {f.name: getattr(params, f.name) for f in fields(cls) if hasattr(params, f.name)}
-        values.update(output_dir=str(out), **overrides)
-        return cls(**values)
+        own = {f.name for f in fields(cls)} - {"params", "output_dir"}
+        pipeline = {k: v for k, v in overrides.items() if k not in own}
+        if pipeline:
+            params = dataclasses.replace(params, **pipeline)
+            params.validate()
+        return cls(params, str(out), **{k: v for k, v in overrides.items() if k in own})
 
     @property
     def run_dir(self) -> Path:
@@ -116,43 +129,21 @@ class PolicyConfig:
         base = LORA_LEARNING_RATE if self.policy_lora_dim > 0 else FULL_LEARNING_RATE
         return base * self.reinforcement_learning_rate_multiplier
 
+    @property
+    def k(self) -> int:
+        """Responses sampled per prompt (num_generations resolved)."""
+        return self.params.generations_per_prompt
+
     def stage_hash(self) -> str:
         """What the outputs depend on (not micro-batching, checkpoint or logging cadence)."""
-        skip = {"output_dir", "reward_model_dir", "micro_batch_size", "checkpoint_every_steps",
-                "samples_every_steps", "kl_warning"}
-        values = {k: v for k, v in asdict(self).items() if k not in skip}
-        values["reward_model"] = done_hash(self.reward_dir / "DONE") or str(self.reward_dir)
+        values = self.params.subset(*POLICY_KEYS)
+        values.update(max_grad_norm=self.max_grad_norm,
+                      num_normalize_prompts=self.num_normalize_prompts,
+                      reward_model=done_hash(self.reward_dir / "DONE") or str(self.reward_dir))
         return stage_key(values)  # datasets and models by content, not by path
 
 
-# -- the prompt loader ------------------------------------------------------------------------
-
-class PromptOrder:
-    """Epochs of shuffled prompt indices (seeded); the state is (epoch, position)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch, self.position = n, seed, 0, 0
-
-    def _perm(self) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.n, generator=g).tolist()
-
-    def take(self, k: int) -> list[int]:
-        out: list[int] = []
-        while len(out) < k:
-            perm = self._perm()
-            grab = perm[self.position:self.position + k - len(out)]
-            out += grab
-            self.position += len(grab)
-            if self.position >= self.n:
-                self.epoch, self.position = self.epoch + 1, 0
-        return out
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
-
-
-# -- one PPO step ------------------------------------------------------------------------------
+# -- the trainer -------------------------------------------------------------
 
 @dataclass
 class Trainer:
@@ -175,175 +166,203 @@ class Trainer:
             torch.distributed.all_reduce(t)
         return t
 
-    def check_finite(self, step: int, **values: torch.Tensor) -> None:
-        """training.check_finite, agreed by every rank (one rank raising alone would
-        leave the others waiting in a collective)."""
-        bad = torch.tensor([float(not torch.isfinite(v).all()) for v in values.values()])
-        bad = self.all_sum(bad.to(self.accelerator.device))
-        for name, flag in zip(values, bad.tolist(), strict=True):
-            if flag:
-                raise RlhfkitError(
-                    f"step {step}: {name} is not finite (NaN or inf); the last good checkpoint "
-                    "is kept. Lower the learning-rate multiplier or check the data.")
-
     def local_batch(self) -> list[str]:
-        """This rank's share of the next global batch of prompts."""
+        """This rank's share of the next global batch of prompts, each repeated k times in a
+        row (episodes i*k .. i*k + k - 1 answer prompt i: a group stays on one rank)."""
         idx = self.order.take(self.cfg.batch_size)
         share = self.cfg.batch_size // self.world
         rank = self.accelerator.process_index
-        return [self.prompts[i] for i in idx[rank * share:(rank + 1) * share]]
+        return [self.prompts[i] for i in idx[rank * share:(rank + 1) * share]
+                for _ in range(self.cfg.k)]
 
 
-def train_step(t: Trainer, step: int) -> tuple[dict[str, float], dict]:
-    """PPO step number `step` (1 .. N) on one batch of prompts: (logged statistics, the
+# -- one step: rollout, then the algorithm's advantages and update ------------------------------
+
+def train_step(t: Trainer, step: int) -> tuple[dict[str, float], Rollout]:
+    """RL step number `step` (1 .. N) on one batch of prompts: (logged statistics, the
     rollout)."""
     cfg = t.cfg
     seed_everything(cfg.seed * 1_000_003 + step * 1009 + t.accelerator.process_index)
     query = encode_prompts(t.roles.tokenizer, t.local_batch(), cfg.prompt_sequence_length)
     query = {k: v.to(t.accelerator.device) for k, v in query.items()}
-    roll = rollout(t, query, step)                                            # 1, 2, 3
-    scores = shape_scores(roll["scores"], roll["has_eos"], cfg, t.reward_norm)
-    kl = pm.kl_per_token(roll["logprobs"], roll["ref_logprobs"], cfg.kl_estimator)
-    rewards = pm.penalized_rewards(scores, kl, roll["mask"], t.kl_ctl.value)  # 4
-    if cfg.whiten_rewards:
-        rewards = pm.whiten(rewards, roll["mask"], shift_mean=False, all_reduce=t.all_sum)
-    advantages, returns = pm.gae(rewards, roll["values"], roll["mask"], cfg.gamma, cfg.lam)
-    advantages = pm.whiten(advantages, roll["mask"], all_reduce=t.all_sum)    # 5
-    stats = ppo_update(t, roll, advantages, returns, step)                    # 6
-    stats.update(rollout_stats(t, roll, scores, kl, returns))
-    t.kl_ctl.update(stats["objective/kl"], cfg.batch_size)                    # 7
+    roll = rollout(t.roles, cfg, query, step, t.reward_norm)  # sample, logprobs, values, scores
+    kl = pm.kl_per_token(roll.logprobs, roll.ref_logprobs, cfg.kl_estimator)
+    algorithm = {"ppo": ppo_step, "rloo": rloo_step, "grpo": grpo_step}[cfg.rl_algorithm]
+    stats = algorithm(t, roll, kl, step)                  # advantages and update
+    stats.update(rollout_stats(t, roll, kl))
+    t.kl_ctl.update(stats["objective/kl"], cfg.batch_size * cfg.k)
     t.scheduler.step()
-    roll.update(query=query, shaped_scores=scores)
     return stats, roll
 
 
-def rollout_stats(t: Trainer, roll, scores, kl, returns) -> dict[str, float]:
-    """The objective/* statistics of the batch, averaged over ranks (equal shares)."""
-    seq_kl = (kl * roll["mask"]).sum(1)
-    coeff = t.kl_ctl.value
-    stats = {
-        "objective/raw_scores": roll["scores"].mean(), "objective/scores": scores.mean(),
-        "objective/kl": seq_kl.mean(), "objective/rlhf_reward": (scores - coeff * seq_kl).mean(),
-        "objective/entropy": roll["entropy"].mean(),
-        "objective/response_length": roll["mask"].sum(1).mean(),
-        "objective/no_eos_fraction": (~roll["has_eos"]).float().mean(),
-        "ppo/returns/mean": pm.masked_mean(returns, roll["mask"]),
-    }
-    stats = reduce_mean(t.accelerator, {k: float(v) for k, v in stats.items()})
-    stats.update({"objective/kl_coeff": coeff, "reward": stats["objective/scores"],
-                  "kl_loss": coeff * stats["objective/kl"],  # Vertex's two tags
-                  "ppo/learning_rate": t.scheduler.get_last_lr()[0]})
+def ppo_step(t: Trainer, roll: Rollout, kl: torch.Tensor, step: int) -> dict[str, float]:
+    """PPO (lm-human-preferences): per-token KL penalty + score at the last token, GAE,
+    whitened advantages, clipped policy + vf_coef x clipped value loss."""
+    cfg = t.cfg
+    rewards = pm.penalized_rewards(roll.scores, kl, roll.mask, t.kl_ctl.value)
+    if cfg.whiten_rewards:
+        rewards = pm.whiten(rewards, roll.mask, shift_mean=False, all_reduce=t.all_sum)
+    advantages, returns = pm.gae(rewards, roll.values, roll.mask, cfg.gamma, cfg.lam)
+    advantages = pm.whiten(advantages, roll.mask, all_reduce=t.all_sum)
+    width = roll.mask.shape[1]
+
+    def loss_of(j: torch.Tensor, n: Counts) -> dict[str, torch.Tensor]:
+        mask = roll.mask[j]
+        if t.roles.shared_value:  # one forward, one backward of pg + vf_coef * vf
+            logits, values = t.roles.policy_and_values(roll.ids[j], roll.attn[j], width)
+        else:
+            logits = t.roles.logits(roll.ids[j], roll.attn[j], width)
+        logp = pm.logprobs_from_logits(logits, roll.responses[j])
+        pg, pstats = pm.policy_loss(logp, roll.logprobs[j], advantages[j], mask,
+                                    cfg.cliprange, count=n.tokens)
+        ent = _entropy(logits, mask, n.tokens)
+        check_finite(step, t.all_sum, **{"policy loss": pg.detach(), "policy logits": logits.detach()})
+        del logits, logp
+        if not t.roles.shared_value:
+            # A separate value adapter: policy loss back-propagated first, so only one
+            # graph is alive at a time (the accumulated gradient is the same).
+            pg.backward()
+            values = t.roles.values(roll.ids[j], roll.attn[j], width)
+        vf, vstats = pm.value_loss(values, roll.values[j], returns[j], mask,
+                                   cfg.cliprange_value, count=n.tokens)
+        check_finite(step, t.all_sum, **{"value loss": vf.detach()})
+        (pg + cfg.vf_coef * vf if t.roles.shared_value else cfg.vf_coef * vf).backward()
+        with torch.no_grad():
+            err = pm.masked_mean((values - returns[j]) ** 2, mask, count=n.tokens)
+            vpred = pm.masked_mean(values, mask, count=n.tokens)
+        return {"ppo/loss/policy": pg, "ppo/loss/value": vf,
+                "ppo/loss/total": pg.detach() + cfg.vf_coef * vf.detach(),
+                "ppo/policy/entropy": ent, "ppo/policy/clipfrac": pstats["clipfrac"],
+                "ppo/policy/approxkl": pstats["approxkl"], "ppo/val/clipfrac": vstats["clipfrac"],
+                "ppo/val/vpred": vpred, "ppo/val/error": err}
+
+    stats = update(t, roll.mask, loss_of, step, "ppo")
+    stats["ppo/returns/mean"] = _global_mean(t, pm.masked_mean(returns, roll.mask))
     return stats
 
 
-@torch.no_grad()
-def rollout(t: Trainer, query: dict[str, torch.Tensor], step: int) -> dict[str, torch.Tensor]:
-    """Sample responses and everything PPO needs about them, micro-batch by micro-batch.
-    query (B, P) -> responses, mask, logprobs, ref_logprobs, values (B, T); scores,
-    entropy (summed over the response), has_eos (B,)."""
-    roles, cfg = t.roles, t.cfg
-    tok = roles.tokenizer
-    micro = list(_micro_slices(query["input_ids"].shape[0], cfg.micro_batch_size))
-    # The sampler's logprobs are the old logprobs (no extra policy forward pass; a test
-    # checks they equal a batched forward pass's within float tolerance).
-    samples = [roles.sample(query["input_ids"][s], query["attention_mask"][s],
-                            cfg.target_sequence_length, step) for s in micro]
-    width = max(r.shape[1] for r, _, _ in samples)
+def rloo_step(t: Trainer, roll: Rollout, kl: torch.Tensor, step: int) -> dict[str, float]:
+    """RLOO (Ahmadian et al. 2024; TRL's RLOOTrainer): sequence reward = score - kl_coeff x
+    the response's KL, leave-one-out baseline over the k responses to each prompt, clipped
+    sequence-ratio loss."""
+    cfg = t.cfg
+    rewards = roll.scores - t.kl_ctl.value * rl.sequence_kl(kl, roll.mask)
+    advantages = rl.rloo_advantages(rewards, cfg.k)
+    width = roll.mask.shape[1]
 
-    def cat(i: int, value: float) -> torch.Tensor:  # micro-batches' (b, T_i) -> (B, width)
-        return torch.cat([torch.nn.functional.pad(x[i], (0, width - x[i].shape[1]), value=value)
-                          for x in samples])
+    def loss_of(j: torch.Tensor, n: Counts) -> dict[str, torch.Tensor]:
+        logits = t.roles.logits(roll.ids[j], roll.attn[j], width)
+        logp = pm.logprobs_from_logits(logits, roll.responses[j])
+        loss, st = rl.rloo_loss(logp, roll.logprobs[j], advantages[j], roll.mask[j],
+                                cfg.cliprange, n.sequences)
+        check_finite(step, t.all_sum, **{"policy loss": loss.detach(), "policy logits": logits.detach()})
+        loss.backward()
+        return {"rloo/loss/policy": loss, "rloo/policy/clipfrac": st["clipfrac"],
+                "rloo/policy/approxkl": st["approxkl"],
+                "rloo/policy/entropy": _entropy(logits, roll.mask[j], n.tokens)}
 
-    responses, logprobs, entropy = cat(0, tok.pad_token_id), cat(1, 0.0), cat(2, 0.0)
-    mask = pm.response_mask(responses, roles.eos_ids)
-    ids = torch.cat([query["input_ids"], responses], 1)
-    attn = torch.cat([query["attention_mask"], torch.ones_like(responses)], 1)
-    out: dict[str, list] = {k: [] for k in ("ref_logprobs", "values", "scores")}
-    for s in micro:
-        if roles.has_reference:  # with LoRA the reference costs one forward pass, no memory
-            ref_logits = roles.logits(ids[s], attn[s], width, reference=True)
-            out["ref_logprobs"].append(pm.logprobs_from_logits(ref_logits, responses[s]))
-            del ref_logits
-        else:  # full tuning with kl_coeff = 0: no reference loaded, KL reads 0
-            out["ref_logprobs"].append(logprobs[s])
-        out["values"].append(roles.values(ids[s], attn[s], width))
-        reward_in = roles.reward_inputs(query["input_ids"][s], query["attention_mask"][s],
-                                        responses[s], mask[s])
-        out["scores"].append(roles.scores(reward_in["input_ids"], reward_in["attention_mask"]))
-    roll = {k: torch.cat(v) for k, v in out.items()}
-    roll.update(logprobs=logprobs, entropy=(entropy * mask).sum(1))
-    stop = torch.tensor(roles.eos_ids, dtype=torch.long, device=responses.device)
-    has_eos = torch.isin(responses, stop).any(1)
-    roll.update(responses=responses, mask=mask, ids=ids, attn=attn, has_eos=has_eos)
-    return roll
+    stats = update(t, roll.mask, loss_of, step, "rloo")
+    stats["rloo/advantages/std"] = _global_mean(t, advantages.std())
+    return stats
 
 
-def shape_scores(scores, has_eos, cfg: PolicyConfig, norm: tuple[float, float] | None):
-    """Reward normalisation (gain and bias fitted on the initial policy's samples, as
-    lm-human-preferences) and the missing-EOS penalty (TRL's missing_eos_penalty)."""
-    if norm is not None:
-        scores = (scores - norm[0]) / norm[1]
-    if cfg.missing_eos_penalty is not None:
-        scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
-    return scores
+def grpo_step(t: Trainer, roll: Rollout, kl: torch.Tensor, step: int) -> dict[str, float]:
+    """GRPO (Shao et al. 2024; TRL's GRPOTrainer): group-standardised score as every
+    token's advantage, per-token clipped ratio, k3 KL to the reference as a loss term
+    weighted kl_coeff, token averaging by `loss_type`."""
+    cfg = t.cfg
+    advantages = rl.group_advantages(roll.scores, cfg.k, scale=cfg.loss_type != "dr_grpo")
+    ref = roll.ref_logprobs if t.roles.has_reference else None
+    width = roll.mask.shape[1]
+
+    def loss_of(j: torch.Tensor, n: Counts) -> dict[str, torch.Tensor]:
+        logits = t.roles.logits(roll.ids[j], roll.attn[j], width)
+        logp = pm.logprobs_from_logits(logits, roll.responses[j])
+        w = rl.token_weights(roll.mask[j], cfg.loss_type, n.sequences, n.tokens,
+                             cfg.target_sequence_length)
+        loss, st = rl.grpo_loss(logp, roll.logprobs[j], None if ref is None else ref[j],
+                                advantages[j], w, cfg.cliprange, t.kl_ctl.value)
+        check_finite(step, t.all_sum, **{"policy loss": loss.detach(), "policy logits": logits.detach()})
+        loss.backward()
+        return {"grpo/loss/policy": loss, "grpo/kl": st["kl"],
+                "grpo/policy/clipfrac": st["clipfrac"], "grpo/policy/approxkl": st["approxkl"],
+                "grpo/policy/entropy": _entropy(logits, roll.mask[j], n.tokens)}
+
+    stats = update(t, roll.mask, loss_of, step, "grpo")
+    flat = (rl.grouped(roll.scores, cfg.k).std(1) == 0).float().mean()
+    stats["grpo/zero_std_fraction"] = _global_mean(t, flat)  # groups with no signal
+    return stats
 
 
-def ppo_update(t: Trainer, roll, advantages, returns, step: int) -> dict[str, float]:
-    """`ppo_epochs` passes over `num_minibatches` shuffled minibatches; each minibatch is
-    one optimizer step, accumulated over micro-batches. Losses are normalised by the
-    minibatch's global token count and gradients summed over ranks, so the update is
+@dataclass
+class Counts:
+    """A minibatch's response tokens and responses, over micro-batches and ranks: the
+    denominators that make summed micro-batch losses the minibatch's mean."""
+
+    tokens: torch.Tensor
+    sequences: torch.Tensor
+
+
+def update(t: Trainer, mask: torch.Tensor, loss_of, step: int, prefix: str
+           ) -> dict[str, float]:
+    """`ppo_epochs` passes over `num_minibatches` shuffled minibatches of the episodes
+    (`mask` (E, T): their response tokens); each minibatch is one optimizer step,
+    accumulated over micro-batches, `loss_of(indices, counts)` back-propagating a piece's
+    loss and returning its statistics. Gradients are summed over ranks, so the update is
     exactly that of one process holding the whole batch."""
-    cfg, roles = t.cfg, t.roles
-    params = list(roles.trainable_parameters().values())
-    n = len(roll["mask"])
+    cfg = t.cfg
+    params = list(t.roles.trainable_parameters().values())
+    n = mask.shape[0]
     size = n // cfg.num_minibatches
     totals: dict[str, torch.Tensor] = {}
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(n)
         for k in range(cfg.num_minibatches):
             idx = perm[k * size:(k + 1) * size]
-            count = t.all_sum(roll["mask"][idx].sum().clone())
+            counts = Counts(t.all_sum(mask[idx].sum().clone()),
+                            t.all_sum(torch.tensor(float(len(idx)), device=mask.device)))
             t.optimizer.zero_grad(set_to_none=True)
-            for s in _micro_slices(len(idx), cfg.micro_batch_size):
-                j = idx[s]
-                mask, width = roll["mask"][j], roll["mask"].shape[1]
-                # Policy loss, then value loss, each back-propagated at once: only one
-                # graph is alive at a time (half the activation memory of one combined
-                # loss); the accumulated gradient is the same.
-                logits = roles.logits(roll["ids"][j], roll["attn"][j], width)
-                logp = pm.logprobs_from_logits(logits, roll["responses"][j])
-                pg, pstats = pm.policy_loss(logp, roll["logprobs"][j], advantages[j], mask,
-                                            cfg.cliprange, count=count)
-                t.check_finite(step, **{"policy loss": pg.detach(),
-                                        "policy logits": logits.detach()})
-                pg.backward()
-                with torch.no_grad():
-                    ent = pm.masked_mean(pm.entropy_from_logits(logits), mask, count=count)
-                del logits, logp
-                values = roles.values(roll["ids"][j], roll["attn"][j], width)
-                vf, vstats = pm.value_loss(values, roll["values"][j], returns[j], mask,
-                                           cfg.cliprange_value, count=count)
-                t.check_finite(step, **{"value loss": vf.detach()})
-                (cfg.vf_coef * vf).backward()
-                loss = pg.detach() + cfg.vf_coef * vf.detach()
-                with torch.no_grad():
-                    err = pm.masked_mean((values - returns[j]) ** 2, mask, count=count)
-                    vpred = pm.masked_mean(values, mask, count=count)
-                _add(totals, {"ppo/loss/policy": pg, "ppo/loss/value": vf,
-                              "ppo/loss/total": loss, "ppo/policy/entropy": ent,
-                              "ppo/policy/clipfrac": pstats["clipfrac"],
-                              "ppo/policy/approxkl": pstats["approxkl"],
-                              "ppo/val/clipfrac": vstats["clipfrac"],
-                              "ppo/val/vpred": vpred, "ppo/val/error": err})
+            for s in micro_slices(len(idx), cfg.micro_batch_size):
+                _add(totals, loss_of(idx[s], counts))
             _sync_gradients(t, params)
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            t.check_finite(step, **{"gradient norm": norm})
+            check_finite(step, t.all_sum, **{"gradient norm": norm})
             t.optimizer.step()
-            _add(totals, {"ppo/grad_norm": norm / t.world})  # global already: / world
+            _add(totals, {f"{prefix}/grad_norm": norm / t.world})  # global already: / world
     updates = cfg.ppo_epochs * cfg.num_minibatches
     keys = sorted(totals)
     summed = t.all_sum(torch.stack([totals[k] for k in keys]))  # global minibatch means
     return {k: float(v) / updates for k, v in zip(keys, summed, strict=True)}
+
+
+def _entropy(logits: torch.Tensor, mask: torch.Tensor, count) -> torch.Tensor:
+    with torch.no_grad():
+        return pm.masked_mean(pm.entropy_from_logits(logits), mask, count=count)
+
+
+def _global_mean(t: Trainer, value: torch.Tensor) -> float:
+    """A per-rank statistic averaged over ranks (equal shares)."""
+    return float(t.all_sum(value.detach().float().reshape(1).clone())) / t.world
+
+
+def rollout_stats(t: Trainer, roll: Rollout, kl: torch.Tensor) -> dict[str, float]:
+    """The objective/* statistics of the batch, averaged over ranks (equal shares), and
+    Vertex's two tags."""
+    seq_kl = (kl * roll.mask).sum(1)
+    coeff = t.kl_ctl.value
+    stats = {
+        "objective/raw_scores": roll.raw_scores.mean(), "objective/scores": roll.scores.mean(),
+        "objective/kl": seq_kl.mean(),
+        "objective/rlhf_reward": (roll.scores - coeff * seq_kl).mean(),
+        "objective/entropy": roll.entropy.mean(),
+        "objective/response_length": roll.mask.sum(1).mean(),
+        "objective/no_eos_fraction": (~roll.has_eos).float().mean(),
+    }
+    stats = reduce_mean(t.accelerator, {k: float(v) for k, v in stats.items()})
+    stats.update({"objective/kl_coeff": coeff, "reward": stats["objective/scores"],
+                  "kl_loss": coeff * stats["objective/kl"],  # Vertex's two tags
+                  f"{t.cfg.rl_algorithm}/learning_rate": t.scheduler.get_last_lr()[0]})
+    return stats
 
 
 def _add(totals: dict, values: dict) -> None:
@@ -364,12 +383,6 @@ def _sync_gradients(t: Trainer, params: list[torch.nn.Parameter]) -> None:
         offset += g.numel()
 
 
-def _micro_slices(n: int, micro: int | None):
-    step = micro or n
-    for i in range(0, n, step):
-        yield slice(i, min(i + step, n))
-
-
 # -- reward normalisation -------------------------------------------------------------------
 
 @torch.no_grad()
@@ -386,9 +399,9 @@ def fit_reward_norm(t: Trainer) -> tuple[float, float]:
                            cfg.prompt_sequence_length)
     query = {k: v.to(t.accelerator.device) for k, v in query.items()}
     scores = []
-    for s in _micro_slices(len(idx), cfg.micro_batch_size):
+    for s in micro_slices(len(idx), cfg.micro_batch_size):
         ids, attn = query["input_ids"][s], query["attention_mask"][s]
-        responses = roles.sample(ids, attn, cfg.target_sequence_length)[0]
+        responses = roles.sample(ids, attn, cfg.target_sequence_length).tokens
         mask = pm.response_mask(responses, roles.eos_ids)
         reward_in = roles.reward_inputs(ids, attn, responses, mask)
         scores.append(roles.scores(reward_in["input_ids"], reward_in["attention_mask"]))
@@ -413,9 +426,9 @@ def run(cfg: PolicyConfig) -> dict[str, Any]:
         log.info(f"policy: reward normalisation mean {t.reward_norm[0]:.4g} "
                  f"std {t.reward_norm[1]:.4g}")
     trained = sum(p.numel() for p in t.roles.trainable_parameters().values())
-    log.info(f"policy: {cfg.reinforcement_learning_train_steps} steps of {cfg.batch_size} "
-             f"prompts on {t.world} process(es), lr {cfg.learning_rate:.3g}, kl_coeff "
-             f"{cfg.kl_coeff}, {trained:,} trained weights")
+    log.info(f"policy: {cfg.rl_algorithm}, {cfg.reinforcement_learning_train_steps} steps of "
+             f"{cfg.batch_size} prompts x {cfg.k} responses on {t.world} process(es), lr "
+             f"{cfg.learning_rate:.3g}, kl_coeff {cfg.kl_coeff}, {trained:,} trained weights")
     last = train_loop(t, start, h)
     final = {"final_kl": last.get("objective/kl"), "final_score": last.get("objective/scores")}
     meta = write_outputs(t, h, final)
@@ -444,8 +457,9 @@ def build_trainer(cfg: PolicyConfig, accelerator) -> Trainer:
     roles = build_roles(cfg.large_model_reference, cfg.reward_dir, cfg.policy_lora_dim,
                         need_reference=cfg.kl_coeff > 0,
                         trust_remote_code=cfg.trust_remote_code,
-                        dtype=pick_dtype(accelerator.device),
-                        temperature=cfg.temperature).to(accelerator.device)
+                        dtype=pick_dtype(accelerator.device), temperature=cfg.temperature,
+                        value_model=cfg.value_model if cfg.rl_algorithm == "ppo" else "none"
+                        ).to(accelerator.device)
     prompts = [prompt_text(r, cfg.instruction, roles.tokenizer) for r in records]
     params = list(roles.trainable_parameters().values())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=ADAM_EPS, weight_decay=0.0)
@@ -470,7 +484,7 @@ def train_loop(t: Trainer, start: int, h: str) -> dict[str, float]:
             stats["time/step_seconds"] = time.monotonic() - t0
             tb.scalars(stats, step)
             if step % cfg.samples_every_steps == 0 or step == start + 1:
-                tb.text("samples", format_samples(t, roll), step)
+                tb.text("samples", format_samples(t.roles.tokenizer, roll), step)
             if stats["objective/kl"] > cfg.kl_warning and not kl_warned:
                 log.warn(f"step {step}: KL to the reference is {stats['objective/kl']:.1f} "
                          f"nats per response (> {cfg.kl_warning}); the policy may be gaming "
@@ -486,17 +500,3 @@ def train_loop(t: Trainer, start: int, h: str) -> dict[str, float]:
     finally:
         tb.close()
     return stats
-
-
-def format_samples(t: Trainer, roll, n: int = 4) -> str:
-    """A few prompts and responses of this step as Markdown for TensorBoard's text tab."""
-    tok = t.roles.tokenizer
-    parts = []
-    for i in range(min(n, len(roll["responses"]))):
-        prompt = tok.decode(roll["query"]["input_ids"][i][roll["query"]["attention_mask"][i]
-                                                          .bool()], skip_special_tokens=True)
-        response = tok.decode(roll["responses"][i][roll["mask"][i].bool()],
-                              skip_special_tokens=True)
-        parts.append(f"**prompt** (end): ...{prompt[-300:]}\n\n**response**: {response}\n\n"
-                     f"**score**: {float(roll['shaped_scores'][i]):.3f}")
-    return "\n\n---\n\n".join(parts)

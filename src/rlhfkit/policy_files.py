@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import torch
 
@@ -26,8 +26,10 @@ from rlhfkit.io import atomic_write_json
 from rlhfkit.models import resolve_model_reference
 from rlhfkit.runstate import META_FILE, Stage
 
-if TYPE_CHECKING:
-    from rlhfkit.policy import Trainer
+# The policy stage's trainer (rlhfkit.policy.Trainer), duck-typed so this module does not
+# import the stage that imports it: cfg, roles, optimizer, scheduler, kl_ctl, order,
+# reward_norm, accelerator.
+Trainer = Any
 
 STAGE_DIR = "policy"
 __all__ = ["META_FILE", "STAGE_DIR", "resume", "save_policy", "save_state", "write_outputs"]

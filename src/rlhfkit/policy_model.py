@@ -18,7 +18,11 @@ it (Stiennon et al. 2020 initialise the value function from the reward model).
 
 Full tuning (`policy_lora_dim` = 0) trains every weight of the policy, so the reference
 must be a frozen copy (loaded only when `kl_coeff` > 0); the value head then sits on the
-policy's own trunk, as in lm-human-preferences.
+policy's own trunk, as in lm-human-preferences. With LoRA, `value_model: shared` does the
+same on the policy adapter's trunk (no value adapter). Where the head shares the trunk,
+one forward pass gives logits and values (`policy_and_values`) and the sampler's hidden
+states give the rollout's values. RLOO and GRPO build no value model at all
+(`value_model="none"`): no value adapter, no head, nothing saved.
 
 Every forward pass is in eval mode (no dropout: the PPO ratio must be 1, up to float
 rounding, on the first minibatch) and passes explicit position ids, because inputs are
@@ -40,6 +44,20 @@ from rlhfkit.training import check_finite, lora_config
 
 REWARD_INFO = "rlhfkit.json"  # written by the reward stage next to the weights
 TRAINED = ("policy", "value")  # adapter names that train; "reward" stays frozen
+VALUE_LAYOUTS = ("separate", "shared", "none")  # value adapter + head | head on the policy trunk | none
+
+
+@dataclass
+class Sample:
+    """What the sampler returns for B prompts: tokens (B, T <= max_new_tokens), padded with
+    pad_token_id after EOS; their logprobs (B, T); the entropy of each step's distribution
+    (B, T); V(s_t) before each token (B, T) from the sampler's own hidden states when the
+    value head shares the policy's trunk and values were asked for, else None."""
+
+    tokens: torch.Tensor
+    logprobs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor | None = None
 
 
 # -- the reward model's directory ---------------------------------------------------------
@@ -96,7 +114,7 @@ class Roles(torch.nn.Module):
 
     def __init__(self, lm, tokenizer, peft_model, value_head, reward_info: RewardInfo,
                  reference=None, reward_model=None, reward_head=None, reward_tokenizer=None,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, shared_value: bool = False):
         super().__init__()
         # The policy PPO samples from and trains is softmax(logits / temperature), the
         # reference likewise (TRL's PPO): below 1 the training samples sit closer to the
@@ -104,7 +122,9 @@ class Roles(torch.nn.Module):
         self.temperature = temperature
         self.lm = lm                    # transformers causal LM (LoRA layers injected)
         self.peft = peft_model          # None in full tuning
-        self.value_head = value_head
+        self.value_head = value_head    # None: no value model (RLOO, GRPO)
+        # The head reads the policy's own trunk: full tuning, or LoRA value_model "shared"
+        self.shared_value = value_head is not None and (peft_model is None or shared_value)
         self.reference = reference      # full tuning and kl_coeff > 0 only
         self.reward_model = reward_model  # reward_model.RewardModel (not shared), or None
         self.reward_head = reward_head    # the shared-base reward adapter's score head
@@ -124,14 +144,16 @@ class Roles(torch.nn.Module):
 
     # which weights train ------------------------------------------------------------------
     def trainable_parameters(self) -> dict[str, torch.nn.Parameter]:
-        """Adapters "policy" and "value" + the value head (LoRA), or the policy's weights
-        + the value head (full tuning). Names are stable across runs (checkpoint keys)."""
+        """Adapters "policy" and "value" (if any) + the value head (if any) with LoRA, or the
+        policy's weights + the value head (full tuning). Names are stable across runs
+        (checkpoint keys)."""
         if self.peft is not None:
             out = {n: p for n, p in self.lm.named_parameters()
                    if "lora_" in n and any(f".{a}." in n for a in TRAINED)}
         else:
             out = {f"lm.{n}": p for n, p in self.lm.named_parameters()}
-        out.update({f"value_head.{n}": p for n, p in self.value_head.named_parameters()})
+        if self.value_head is not None:
+            out.update({f"value_head.{n}": p for n, p in self.value_head.named_parameters()})
         return out
 
     def _use(self, adapter: str) -> None:
@@ -168,13 +190,31 @@ class Roles(torch.nn.Module):
             self._active = None  # re-enabling adapters reset requires_grad: redo on next use
         return out.logits[:, :-1] / self.temperature
 
+    def policy_and_values(self, ids, mask, n_response: int
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits / temperature and V(s_t) at the positions before each of the last
+        `n_response` tokens from ONE forward pass of the policy (the value head reads its
+        final hidden state; needs `shared_value`): (B, L) -> (B, n, V), (B, n)."""
+        if not self.shared_value:
+            raise RuntimeError("the value head does not share the policy's trunk")
+        self._use("policy")
+        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                      logits_to_keep=n_response + 1, use_cache=False, output_hidden_states=True)
+        # hidden_states[-1] is the final (normed) hidden state the LM head reads (checked
+        # for llama, gpt2, gpt_neox, qwen2 in tests)
+        h = out.hidden_states[-1][:, -(n_response + 1):-1]
+        return out.logits[:, :-1] / self.temperature, self._value(h)
+
+    def _value(self, h: torch.Tensor) -> torch.Tensor:
+        return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1)
+
     def values(self, ids, mask, n_response: int) -> torch.Tensor:
-        """V(s_t) before each of the last `n_response` tokens: (B, L) -> (B, n_response)."""
-        self._use("value")
+        """V(s_t) before each of the last `n_response` tokens: (B, L) -> (B, n_response).
+        A separate value adapter's own trunk, or (shared) the policy's."""
+        self._use("policy" if self.shared_value else "value")
         h = self.lm.base_model(input_ids=ids, attention_mask=mask,
                                position_ids=positions(mask), use_cache=False).last_hidden_state
-        h = h[:, -(n_response + 1):-1]
-        return self.value_head(h.to(self.value_head.weight.dtype)).squeeze(-1)
+        return self._value(h[:, -(n_response + 1):-1])
 
     @torch.no_grad()
     def scores(self, ids, mask) -> torch.Tensor:
@@ -188,21 +228,25 @@ class Roles(torch.nn.Module):
         return self.reward_head(h.to(self.reward_head.weight.dtype)).squeeze(-1).float()
 
     @torch.no_grad()
-    def sample(self, ids, mask, max_new_tokens: int, step: int = 0) -> torch.Tensor:
+    def sample(self, ids, mask, max_new_tokens: int, step: int = 0,
+               with_values: bool = False) -> Sample:
         """Sample responses from the policy: softmax(logits / temperature), no top-k /
         top-p, so the sampler's logprobs are the policy's (PPO's old logprobs, as TRL reuses its
-        generation scores). KV-cached; stops when every row has produced EOS.
-        (B, P) -> tokens (B, T <= max_new_tokens), padded with pad_token_id after EOS;
-        their logprobs (B, T) and the entropy of each step's distribution (B, T)."""
+        generation scores). KV-cached; stops when every row has produced EOS. With
+        `with_values` and a shared trunk, the value head reads each step's last hidden state
+        (lm-human-preferences: no separate value pass in the rollout). (B, P) -> Sample."""
         self._use("policy")
+        with_values = with_values and self.shared_value
         pad = self.tokenizer.pad_token_id
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=ids.device)
         pos = positions(mask)
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos,
-                      use_cache=True, logits_to_keep=1)
+                      use_cache=True, logits_to_keep=1, output_hidden_states=with_values)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
-        tokens, logprobs, entropy = [], [], []
+        tokens, logprobs, entropy, values = [], [], [], []
         for _ in range(max_new_tokens):
+            if with_values:  # V(s_t): the state before the token sampled now
+                values.append(self._value(out.hidden_states[-1][:, -1]))
             logits = out.logits[:, -1].float() / self.temperature
             check_finite(step, **{"policy logits while sampling": logits})
             logp = torch.log_softmax(logits, -1)
@@ -218,8 +262,10 @@ class Roles(torch.nn.Module):
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             pos = pos[:, -1:] + 1
             out = self.lm(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
-                          cache=out.cache, use_cache=True)  # transformers 5's cache API
-        return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropy, 1)
+                          cache=out.cache, use_cache=True,
+                          output_hidden_states=with_values)
+        return Sample(torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(entropy, 1),
+                      torch.stack(values, 1) if with_values else None)
 
     def reward_inputs(self, query_ids, query_mask, responses, resp_mask
                       ) -> dict[str, torch.Tensor]:
@@ -244,8 +290,13 @@ class Roles(torch.nn.Module):
 
 def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_reference: bool,
                 trust_remote_code: bool = False, dtype: torch.dtype = torch.float32,
-                temperature: float = 1.0) -> Roles:
-    """Load the base once and put every role on it (see the module docstring)."""
+                temperature: float = 1.0, value_model: str = "separate") -> Roles:
+    """Load the base once and put every role on it (see the module docstring).
+    `value_model`: "separate" (LoRA: a value adapter + head), "shared" (the head on the
+    policy's trunk; full tuning always does this) or "none" (RLOO, GRPO)."""
+    if value_model not in VALUE_LAYOUTS:
+        raise RlhfkitError(f"value_model must be one of {', '.join(VALUE_LAYOUTS)}, "
+                           f"got {value_model!r}")
     from peft import get_peft_model
 
     from rlhfkit.reward_model import load_reward_model, quiet_transformers
@@ -256,8 +307,11 @@ def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_refer
     with quiet_transformers():
         lm = load_causal_lm(base, trust_remote_code, dtype).eval()
     hidden = lm.get_input_embeddings().weight.shape[1]
-    value_head = torch.nn.Linear(hidden, 1, bias=False, dtype=dtype)
-    torch.nn.init.zeros_(value_head.weight)  # V = 0 at first: advantages = returns
+    value_head = None
+    if value_model != "none":
+        value_head = torch.nn.Linear(hidden, 1, bias=False, dtype=dtype)
+        torch.nn.init.zeros_(value_head.weight)  # V = 0 at first: advantages = returns
+    separate_value = lora_dim > 0 and value_model == "separate"
 
     shares_base = lora_dim > 0 and info.lora_dim > 0 and same_model(info.base_model, base)
     peft_model = reference = reward_model = reward_head = None
@@ -267,9 +321,10 @@ def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_refer
                                         adapter_name="policy")
             if shares_base:
                 reward_head = _attach_reward_adapter(peft_model, info, "reward", hidden, dtype)
+            if separate_value and shares_base:  # Stiennon et al.: V starts as the reward model
                 value_head.weight.data.copy_(
                     _attach_reward_adapter(peft_model, info, "value", hidden, dtype).weight)
-            else:
+            elif separate_value:
                 peft_model.add_adapter("value", lora_config(lora_dim, "CAUSAL_LM"))
         elif need_reference:
             reference = load_causal_lm(base, trust_remote_code, dtype).eval()
@@ -280,7 +335,7 @@ def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_refer
         if rtok.get_vocab() == tokenizer.get_vocab():
             rtok = tokenizer
     return Roles(lm, tokenizer, peft_model, value_head, info, reference, reward_model,
-                 reward_head, rtok, temperature)
+                 reward_head, rtok, temperature, shared_value=not separate_value)
 
 
 def _attach_reward_adapter(peft_model, info: RewardInfo, name: str, hidden: int,

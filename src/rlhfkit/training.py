@@ -98,18 +98,17 @@ class TensorBoard:
             self.writer.close()
 
 
-def check_finite(step: int, accelerator=None, **values: torch.Tensor | float) -> None:
+def check_finite(step: int, all_reduce=None, **values: torch.Tensor | float) -> None:
     """Stop with a clear message naming the step when a loss or logits go NaN / inf.
-
-    With `accelerator` of a multi-process run, every rank learns which values went bad on
-    any rank and all raise together (one rank raising alone would leave the others waiting
-    in the next collective)."""
+    `all_reduce` (sums a tensor over processes) makes every rank agree, so all raise
+    together: one rank raising alone would leave the others waiting in a collective."""
     from rlhfkit.errors import RlhfkitError
 
     bad = torch.tensor([float(not torch.isfinite(torch.as_tensor(v)).all())
                         for v in values.values()])
-    if accelerator is not None and accelerator.num_processes > 1:
-        bad = accelerator.reduce(bad.to(accelerator.device), reduction="sum").cpu()
+    if all_reduce is not None:
+        device = next((v.device for v in values.values() if isinstance(v, torch.Tensor)), None)
+        bad = all_reduce(bad if device is None else bad.to(device)).cpu()
     for name, flag in zip(values, bad.tolist(), strict=True):
         if flag:
             raise RlhfkitError(
