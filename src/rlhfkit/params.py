@@ -34,6 +34,9 @@ CLOUD_ONLY = {
     "deploy_model": "deploys an endpoint in Vertex; the tuned model stays in RUN/policy/",
 }
 
+TUNING_METHODS = ("rlhf", "dpo")
+DPO_LOSSES = ("sigmoid", "ipo")
+
 
 @dataclass
 class PipelineParams:
@@ -91,6 +94,14 @@ class PipelineParams:
     # Bulk inference
     inference_temperature: float = 0.0  # 0 = greedy, as Vertex's bulk inferrer
     merge_adapter: bool = False
+    # -- DPO (tuning_method "dpo": Rafailov et al. 2023; names as TRL's DPOConfig) --------
+    # "rlhf": Vertex's pipeline (reward model, then RL). "dpo": the policy is tuned on the
+    # preference pairs directly, `reinforcement_learning_train_steps` steps of `batch_size`
+    # pairs; the reward stage runs only when reward_model_train_steps > 0 (to score in
+    # compare), 0 skips it.
+    tuning_method: str = "rlhf"
+    dpo_beta: float = 0.1  # the KL weight beta of DPO (tau of IPO)
+    dpo_loss: str = "sigmoid"  # "sigmoid": DPO's -log sigmoid; "ipo": Azar et al. 2023
 
     # ----------------------------------------------------------------------------------
     @classmethod
@@ -151,7 +162,7 @@ class PipelineParams:
             if not getattr(self, name):
                 problems.append(f"{name} is required")
         for name in ("prompt_sequence_length", "target_sequence_length",
-                     "reward_model_train_steps", "reinforcement_learning_train_steps",
+                     "reinforcement_learning_train_steps",
                      "batch_size", "checkpoint_every_steps", "ppo_epochs",
                      "num_minibatches", "kl_horizon"):
             if getattr(self, name) <= 0:
@@ -181,8 +192,30 @@ class PipelineParams:
         if self.batch_size % self.num_minibatches:
             problems.append(f"batch_size ({self.batch_size}) must be divisible by "
                             f"num_minibatches ({self.num_minibatches})")
+        problems += self._dpo_problems()
         if problems:
             raise RlhfkitError("\n".join(f"{source}: {p}" for p in problems))
+
+    def _dpo_problems(self) -> list[str]:
+        """tuning_method / dpo_* checks; reward_model_train_steps may be 0 only with DPO
+        (there the reward model only scores for compare)."""
+        problems = []
+        if self.tuning_method not in TUNING_METHODS:
+            problems.append(f"tuning_method must be one of {', '.join(TUNING_METHODS)}, "
+                            f"got {self.tuning_method!r}")
+        if self.dpo_loss not in DPO_LOSSES:
+            problems.append(f"dpo_loss must be one of {', '.join(DPO_LOSSES)}, "
+                            f"got {self.dpo_loss!r}")
+        if not self.dpo_beta > 0:
+            problems.append(f"dpo_beta must be > 0, got {self.dpo_beta}")
+        if self.tuning_method == "dpo" and self.reward_model_train_steps < 0:
+            problems.append(f"reward_model_train_steps must be >= 0 (0 skips the reward "
+                            f"stage), got {self.reward_model_train_steps}")
+        elif self.tuning_method != "dpo" and self.reward_model_train_steps <= 0:
+            problems.append(f"reward_model_train_steps must be > 0, got "
+                            f"{self.reward_model_train_steps} (0, no reward model, only "
+                            "with tuning_method 'dpo')")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
