@@ -127,3 +127,31 @@ def test_bad_dpo_parameter_is_one_line(world):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "dpo_loss must be one of sigmoid, ipo, got 'hinge'" in proc.stderr
     assert not (world["root"] / "bad").exists()
+
+
+def test_two_processes_follow_the_one_process_run(tmp_path, tiny_llama_dir):
+    data = write_jsonl(tmp_path / "pref.jsonl", preference_records(32))
+    params_file = tmp_path / "params.json"
+    params_file.write_text(json.dumps({
+        "preference_dataset": str(data), "prompt_dataset": str(data),
+        "large_model_reference": str(tiny_llama_dir), "instruction": "Summarize",
+        "prompt_sequence_length": 24, "target_sequence_length": 12,
+        "reinforcement_learning_train_steps": 6, "batch_size": 8, "micro_batch_size": 2,
+        "checkpoint_every_steps": 3, "reinforcement_learning_rate_multiplier": 200.0,
+        "policy_lora_dim": 2}))
+    one = dpo.run(dpo.DPOConfig(PipelineParams.from_file(params_file, quiet=True),
+                                str(tmp_path / "one")))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m",
+                          "rlhfkit", "train-dpo", str(params_file), "--output-dir",
+                          str(tmp_path / "two")], env=ENV, capture_output=True, text=True,
+                         timeout=180)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "on 2 process(es)" in two.stderr
+    a, b = read_scalars(Path(one["logs_dir"])), read_scalars(tmp_path / "two" / "dpo-logs")
+    for tag in ("loss", "rewards/margins", "grad_norm"):
+        assert [v for _, v in a[tag]] == pytest.approx([v for _, v in b[tag]], abs=1e-4), tag
+    assert a["loss"][-1][1] < a["loss"][0][1] - 0.05  # it moved: matching means matching updates
+    want, got = _weights(Path(one["policy_dir"])), _weights(tmp_path / "two" / "policy")
+    for name in want:
+        assert torch.allclose(want[name], got[name], atol=1e-5), name
