@@ -295,6 +295,10 @@ def train_policy(
     if log.is_main_process():
         typer.echo(out["policy_dir"])
 
+from rlhfkit.cli_dpo import train_dpo  # noqa: E402 (tuning_method dpo)
+
+app.command("train-dpo")(train_dpo)
+
 # == inference and evaluation ============================================================
 @app.command("infer")
 def infer_cmd(

@@ -38,6 +38,8 @@ CLOUD_ONLY = {
 RL_ALGORITHMS = ("ppo", "rloo", "grpo")
 VALUE_MODELS = ("separate", "shared")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")  # GRPO token averaging, see rl_math.token_weights
+TUNING_METHODS = ("rlhf", "dpo")
+DPO_LOSSES = ("sigmoid", "ipo")
 
 
 @dataclass
@@ -106,6 +108,14 @@ class PipelineParams:
     # the tuned answer with probability sigmoid(d). |d| <= 0.1 (sigmoid 0.475-0.525) is a
     # coin flip to it, and punctuation-only edits land there: counted as a tie.
     reward_tie_threshold: float = 0.1
+    # -- DPO (tuning_method "dpo": Rafailov et al. 2023; names as TRL's DPOConfig) --------
+    # "rlhf": Vertex's pipeline (reward model, then RL). "dpo": the policy is tuned on the
+    # preference pairs directly, `reinforcement_learning_train_steps` steps of `batch_size`
+    # pairs; the reward stage runs only when reward_model_train_steps > 0 (to score in
+    # compare), 0 skips it.
+    tuning_method: str = "rlhf"
+    dpo_beta: float = 0.1  # the KL weight beta of DPO (tau of IPO)
+    dpo_loss: str = "sigmoid"  # "sigmoid": DPO's -log sigmoid; "ipo": Azar et al. 2023
 
     # ----------------------------------------------------------------------------------
     @classmethod
@@ -173,7 +183,7 @@ class PipelineParams:
             if not getattr(self, name):
                 problems.append(f"{name} is required")
         for name in ("prompt_sequence_length", "target_sequence_length",
-                     "reward_model_train_steps", "reinforcement_learning_train_steps",
+                     "reinforcement_learning_train_steps",
                      "batch_size", "checkpoint_every_steps", "ppo_epochs",
                      "num_minibatches", "kl_horizon"):
             if getattr(self, name) <= 0:
@@ -207,6 +217,7 @@ class PipelineParams:
         if not (math.isfinite(self.reward_tie_threshold) and self.reward_tie_threshold >= 0):
             problems.append("reward_tie_threshold must be a finite number >= 0, "
                             f"got {self.reward_tie_threshold}")
+        problems += self._dpo_problems()
         if problems:
             raise RlhfkitError("\n".join(f"{source}: {p}" for p in problems))
 
@@ -232,6 +243,27 @@ class PipelineParams:
         if self.num_generations is not None:
             return self.num_generations
         return 1 if self.rl_algorithm == "ppo" else 4
+
+    def _dpo_problems(self) -> list[str]:
+        """tuning_method / dpo_* checks; reward_model_train_steps may be 0 only with DPO
+        (there the reward model only scores for compare)."""
+        problems = []
+        if self.tuning_method not in TUNING_METHODS:
+            problems.append(f"tuning_method must be one of {', '.join(TUNING_METHODS)}, "
+                            f"got {self.tuning_method!r}")
+        if self.dpo_loss not in DPO_LOSSES:
+            problems.append(f"dpo_loss must be one of {', '.join(DPO_LOSSES)}, "
+                            f"got {self.dpo_loss!r}")
+        if not self.dpo_beta > 0:
+            problems.append(f"dpo_beta must be > 0, got {self.dpo_beta}")
+        if self.tuning_method == "dpo" and self.reward_model_train_steps < 0:
+            problems.append(f"reward_model_train_steps must be >= 0 (0 skips the reward "
+                            f"stage), got {self.reward_model_train_steps}")
+        elif self.tuning_method != "dpo" and self.reward_model_train_steps <= 0:
+            problems.append(f"reward_model_train_steps must be > 0, got "
+                            f"{self.reward_model_train_steps} (0, no reward model, only "
+                            "with tuning_method 'dpo')")
+        return problems
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

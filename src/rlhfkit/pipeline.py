@@ -152,14 +152,27 @@ def _run_stages(params: PipelineParams, run: Path) -> Outcome:
 
     _stage(2, "train_reward", f"{params.reward_model_train_steps} steps on "
            f"{counts['preference']} preference pairs")
-    out.reward = reward.run(reward.RewardConfig.from_params(params, run))
-    out.stages["train_reward"] = _status(out.reward)
+    if params.reward_model_train_steps > 0:  # 0 (DPO only): no reward model, compare scores gold
+        rcfg = reward.RewardConfig.from_params(params, run)
+        out.reward = reward.run(rcfg)
+        out.stages["train_reward"] = _status(out.reward)
+    else:
+        log.info("  reward_model_train_steps is 0: no reward model (DPO needs none)")
+        out.stages["train_reward"] = "not run"
 
-    _stage(3, "train_policy", f"PPO, {params.reinforcement_learning_train_steps} steps on "
-           f"{counts['prompt']} prompts, kl_coeff {params.kl_coeff}")
-    pcfg = policy.PolicyConfig.from_params(params, run)
-    out.policy = policy.run(pcfg)
-    out.stages["train_policy"] = _status(out.policy)
+    if params.tuning_method == "dpo":  # Rafailov et al. 2023: tuned on the pairs directly
+        from rlhfkit import dpo
+
+        _stage(3, "train_dpo", f"DPO, {params.reinforcement_learning_train_steps} steps of "
+               f"{params.batch_size} preference pairs, beta {params.dpo_beta}")
+        out.policy = dpo.run(dpo.DPOConfig(params, str(run)))
+        out.stages["train_dpo"] = _status(out.policy)
+    else:
+        _stage(3, "train_policy", f"PPO, {params.reinforcement_learning_train_steps} steps on "
+               f"{counts['prompt']} prompts, kl_coeff {params.kl_coeff}")
+        pcfg = policy.PolicyConfig.from_params(params, run)
+        out.policy = policy.run(pcfg)
+        out.stages["train_policy"] = _status(out.policy)
 
     if not params.eval_dataset:
         log.notice("no eval_dataset: bulk inference and compare are skipped")
@@ -268,9 +281,10 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
     # From the held-out pairs' own `chosen_probability` (the demo world's records carry it).
     ceiling, agreement = out.reward.get("eval_noise_ceiling"), out.reward.get(
         "eval_label_agreement")
-    lines.append(f"reward model: held-out accuracy {_fmt(acc)}"
-                 + (f" (noise ceiling of the labels {ceiling:.3f})" if ceiling else "")
-                 + f" on {out.reward.get('eval_source', 'held-out pairs')}")
+    if out.reward:  # DPO with reward_model_train_steps 0 trains no reward model
+        lines.append(f"reward model: held-out accuracy {_fmt(acc)}"
+                     + (f" (noise ceiling of the labels {ceiling:.3f})" if ceiling else "")
+                     + f" on {out.reward.get('eval_source', 'held-out pairs')}")
     if ceiling and agreement is not None:  # a few hundred labels are a noisy yardstick
         lines.append(f"  (the ceiling is an expectation: the noiseless gold preference itself "
                      f"agrees with {agreement:.3f} of these labels)")
@@ -278,7 +292,11 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
     if expected is not None:
         lines.append(f"  expected accuracy over the label noise {expected:.3f}, "
                      "in the ceiling's units")
-    if out.policy:
+    if out.policy.get("tuning_method") == "dpo":
+        lines.append(f"policy: {out.policy.get('steps', '?')} DPO steps, final loss "
+                     f"{_fmt(out.policy.get('final_loss'))}, reward accuracy "
+                     f"{_fmt(out.policy.get('final_reward_accuracy'))} (last batch)")
+    elif out.policy:
         lines.append(f"policy: {out.policy.get('steps', '?')} PPO steps, final KL to the "
                      f"base {_fmt(out.policy.get('final_kl'))} nats, final reward "
                      f"{_fmt(out.policy.get('final_score'))}")
