@@ -372,6 +372,12 @@ def compile_pipeline(
                         accelerator=accelerator, accelerator_count=accelerator_count))
 
 
+from rlhfkit import cli_serve  # noqa: E402 (deploy: serve, export)
+
+app.command("serve")(cli_serve.serve)
+app.command("export")(cli_serve.export)
+
+
 def main() -> None:
     import warnings
 
