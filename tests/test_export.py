@@ -99,3 +99,15 @@ def test_deploy_stage_writes_run_model_once(tmp_path, tiny_llama_dir):
     off = Outcome(run_dir=run)
     deploy(params, run, off)
     assert off.stages["deploy"] == "off" and off.model_dir is None
+
+
+def test_a_policy_merged_in_training_is_linked_not_merged_again(tmp_path, tiny_llama_dir):
+    """merge_adapter: true already wrote RUN/policy/merged/: export costs no model load."""
+    run = make_run(tiny_llama_dir, tmp_path / "run")
+    export.export(run / "policy", run / "policy" / "merged")  # stands in for the stage
+    meta = json.loads((run / "policy" / "rlhfkit.json").read_text())
+    (run / "policy" / "rlhfkit.json").write_text(json.dumps({**meta, "merged": "merged"}))
+    result = export.export(run, tmp_path / "out")
+    assert result["how"] == "linked"
+    src = run / "policy" / "merged" / "model.safetensors"
+    assert (tmp_path / "out" / "model.safetensors").stat().st_ino == src.stat().st_ino

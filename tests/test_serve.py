@@ -234,6 +234,26 @@ def test_a_client_leaving_mid_stream_does_not_hurt_the_server(client, server):
     assert client.post("/v1/completions", json={"prompt": "hi", **GREEDY}).status_code == 200
 
 
+def test_a_failing_generation_is_a_500_and_the_server_lives_on(client, served):
+    _, model = served
+    real = model.model.generate
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    model.model.generate = broken
+    try:
+        r = client.post("/v1/completions", json={"prompt": "hi", **GREEDY})
+        assert r.status_code == 500
+        assert r.json()["error"]["type"] == "server_error"
+        assert "out of memory" in r.json()["error"]["message"]
+        r = client.post("/v1/completions", json={"prompt": "hi", "stream": True, **GREEDY})
+        assert "out of memory" in r.text and "Traceback" not in r.text
+    finally:
+        model.model.generate = real
+    assert client.post("/v1/completions", json={"prompt": "hi", **GREEDY}).status_code == 200
+
+
 def test_api_key_is_required_when_given(served):
     cfg, model = served
     keyed = serve.ServeConfig(source=cfg.source, api_key="s3cret")

@@ -160,7 +160,9 @@ def generate_rows(model, tokenizer, rows: list[Row]) -> None:
     device = next(model.parameters()).device
     enc = {k: v.to(device) for k, v in enc.items()}
     streamer = RowStreamer(rows, tokenizer, list(gen_cfg.eos_token_id or []))
-    stopping = StoppingCriteriaList([RowsDone(streamer, enc["input_ids"].shape[1])])
+    # Decoder-only: new tokens follow the prompt; encoder-decoder: the decoder start token.
+    width = 1 if getattr(model.config, "is_encoder_decoder", False) else enc["input_ids"].shape[1]
+    stopping = StoppingCriteriaList([RowsDone(streamer, width)])
     if first.temperature > 0:  # a seeded request repeats; an unseeded one does not
         torch.manual_seed(first.seed if first.seed is not None else random.getrandbits(63))
     model.generate(**enc, generation_config=gen_cfg, streamer=streamer,
