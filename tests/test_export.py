@@ -95,6 +95,16 @@ def test_deploy_stage_writes_run_model_once(tmp_path, tiny_llama_dir):
     again = Outcome(run_dir=run)
     deploy(params, run, again)  # same policy: nothing to redo
     assert again.stages["deploy"] == "skipped"
+    assert export.resolve_source(run).full_dir == str(run / "model")  # serve uses it
+    import shutil
+
+    shutil.rmtree(run / "model")  # deleted by hand: the next run exports again
+    deploy(params, run, again)
+    assert again.stages["deploy"] == "ran" and (run / "model" / "config.json").is_file()
+    # A policy trained again since: RUN/model/ is stale, so serving takes the policy.
+    (run / "policy" / "DONE").write_text("retrained\n")
+    src = export.resolve_source(run)
+    assert src.full_dir is None and src.adapter == str(run / "policy")
     params.deploy_model = False
     off = Outcome(run_dir=run)
     deploy(params, run, off)

@@ -34,6 +34,22 @@ from rlhfkit.io import atomic_write_json
 
 META_FILE = "rlhfkit.json"  # what training knew: instruction, lengths, base model
 MODEL_DIR = "model"  # RUN/model/: where deploy_model writes the export
+DEPLOY_DONE = Path("deploy") / "DONE"  # RUN/deploy/DONE: which policy RUN/model/ came from
+
+
+def deploy_key(run: Path) -> dict:
+    """What RUN/model/ depends on: the finished policy (its DONE marker's hash)."""
+    from rlhfkit.runstate import done_hash
+
+    return {"policy": done_hash(run / "policy" / "DONE")}
+
+
+def current_export(run: Path) -> bool:
+    """RUN/model/ exists and was exported from the policy now in RUN/policy/."""
+    from rlhfkit.runstate import config_hash, is_done
+
+    return _is_full_model(run / MODEL_DIR) and is_done(run / DEPLOY_DONE,
+                                                       config_hash(deploy_key(run)))
 
 
 @dataclass
@@ -66,8 +82,10 @@ def resolve_source(path: str | Path) -> Source:
     (adapter or full model), or any model directory / Hugging Face id."""
     p = Path(path).expanduser()
     if (p / "params.json").is_file() and (p / "policy").is_dir():  # a run directory
-        if _is_full_model(p / MODEL_DIR):
+        if current_export(p):
             return resolve_source(p / MODEL_DIR)
+        if _is_full_model(p / MODEL_DIR):  # a policy trained again since the export
+            log.notice(f"{p / MODEL_DIR} is older than {p / 'policy'}: using the policy")
         p = p / "policy"
         if not (p / "DONE").is_file():
             raise RlhfkitError(f"{path}: the policy stage has not finished (no policy/DONE); "

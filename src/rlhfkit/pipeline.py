@@ -179,14 +179,16 @@ def deploy(params: PipelineParams, run: Path, out: Outcome) -> None:
     if not params.deploy_model:
         out.stages["deploy"] = "off"
         return
-    key = {"policy": done_hash(run / "policy" / "DONE")}
+    if not (run / export.MODEL_DIR).is_dir():  # deleted since: export again
+        (run / export.DEPLOY_DONE).unlink(missing_ok=True)
 
     def work() -> None:
         result = export.export(run / "policy", run / export.MODEL_DIR, overwrite=True,
                                trust_remote_code=params.trust_remote_code)
         log.info("  " + export.describe(result))
 
-    out.stages["deploy"] = _marked_stage(run / "deploy" / "DONE", key, work)
+    out.stages["deploy"] = _marked_stage(run / export.DEPLOY_DONE, export.deploy_key(run),
+                                         work)
     out.model_dir = run / export.MODEL_DIR
 
 
