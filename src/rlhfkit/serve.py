@@ -23,6 +23,7 @@ missing or wrong API key. The server binds loopback unless given an API key.
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import ipaddress
 import json
@@ -93,7 +94,8 @@ class Served:
 
     name: str
     model: object
-    tokenizer: object
+    tokenizer: object  # the batcher's (decoding)
+    encoder: object  # a copy for the HTTP side: a fast tokenizer is not safe to share
     instruction: str | None
     context: int | None  # the model's maximum positions (prompt + completion)
     default_max_tokens: int  # the run's target_sequence_length
@@ -121,7 +123,8 @@ def load_served(cfg: ServeConfig) -> Served:
     tokenizer, model = infer.load_model(icfg, device)
     name = cfg.model_name or _default_name(cfg.source)
     instruction = cfg.instruction if cfg.instruction is not None else src.meta.get("instruction")
-    return Served(name=name, model=model, tokenizer=tokenizer, instruction=instruction or None,
+    return Served(name=name, model=model, tokenizer=tokenizer,
+                  encoder=copy.deepcopy(tokenizer), instruction=instruction or None,
                   context=_context_length(model, tokenizer),
                   default_max_tokens=int(src.meta.get("target_sequence_length") or 64))
 
@@ -137,7 +140,7 @@ def _default_name(source: str) -> str:
 # -- requests -> rows ----------------------------------------------------------------------
 
 def _encode(served: Served, text: str, max_tokens: int) -> list[int]:
-    ids = served.tokenizer(text, add_special_tokens=True)["input_ids"]
+    ids = served.encoder(text, add_special_tokens=True)["input_ids"]
     if not ids:
         raise ApiError(400, "the prompt is empty (it has no tokens)", param="prompt")
     if served.context is not None and len(ids) + max_tokens > served.context:
@@ -178,7 +181,7 @@ def chat_prompt(served: Served, req: ChatRequest) -> str:
 
     record = {"messages": [{"role": m.role, "content": m.content} for m in req.messages]}
     instruction = served.instruction if req.add_instruction else None
-    return prompt_text(record, instruction, served.tokenizer)
+    return prompt_text(record, instruction, served.encoder)
 
 
 class Pending:
@@ -209,7 +212,8 @@ def make_rows(served: Served, cfg: ServeConfig, req, prompts: list[str]) -> Pend
         for k in range(req.n):
             pending.rows.append(Row(prompt_ids=ids, max_tokens=max_tokens, emit=pending.emit,
                                     index=p * req.n + k, temperature=req.temperature,
-                                    top_p=req.top_p, seed=req.seed, stop=stop))
+                                    top_p=req.top_p, seed=req.seed, stop=stop,
+                                    request=id(pending)))
     return pending
 
 

@@ -46,11 +46,18 @@ class Row:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    request: int = 0  # which request the row belongs to
     cancelled: bool = False  # set by the HTTP side when the client disconnects
 
     def group_key(self) -> tuple:
-        """Rows sharing this key can be sampled in one generate call."""
-        return (self.temperature, self.top_p, self.seed)
+        """Rows sharing this key can be generated in one call: every greedy row; sampled
+        rows with the same temperature and top_p. A seeded request is batched only with
+        itself, so that its samples do not depend on who else was waiting."""
+        if self.temperature == 0:
+            return (0.0,)
+        if self.seed is not None:
+            return (self.temperature, self.top_p, self.seed, self.request)
+        return (self.temperature, self.top_p)
 
 
 @dataclass
