@@ -137,6 +137,13 @@ def test_chat_completion_and_chat_stream(client):
     assert streamed == choice["message"]["content"]
     assert events[-1]["choices"][0]["finish_reason"] == choice["finish_reason"]
     assert all(e["object"] == "chat.completion.chunk" for e in events)
+    # OpenAI's other spellings of the same conversation: text parts, the developer role.
+    parts = {**req, "messages": [
+        {"role": "developer", "content": "Be kind."},
+        {"role": "user", "content": [{"type": "text", "text": "My dog chewed "},
+                                     {"type": "text", "text": "the couch."}]}]}
+    same = client.post("/v1/chat/completions", json=parts).json()
+    assert same["choices"] == body["choices"] and same["usage"] == body["usage"]
 
 
 def test_concurrent_clients_are_batched(client, server):

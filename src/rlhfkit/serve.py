@@ -179,7 +179,8 @@ def chat_prompt(served: Served, req: ChatRequest) -> str:
     """The conversation rendered as training renders chat records (data.prompt_text)."""
     from rlhfkit.data import prompt_text
 
-    record = {"messages": [{"role": m.role, "content": m.content} for m in req.messages]}
+    record = {"messages": [{"role": m.chat_role(), "content": m.text()}
+                           for m in req.messages]}
     instruction = served.instruction if req.add_instruction else None
     return prompt_text(record, instruction, served.encoder)
 

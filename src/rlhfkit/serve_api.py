@@ -97,11 +97,27 @@ class CompletionRequest(_Sampling):
         return self
 
 
-class Message(BaseModel):
+class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    role: Literal["system", "user", "assistant"]
-    content: str
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    """A chat turn. `content` may be OpenAI's list of text parts (joined); `developer` is
+    OpenAI's newer name for `system`."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
     name: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else \
+            "".join(p.text for p in self.content)
+
+    def chat_role(self) -> str:
+        return "system" if self.role == "developer" else self.role
 
 
 class ChatRequest(_Sampling):
