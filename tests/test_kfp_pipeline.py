@@ -224,6 +224,10 @@ def test_validate_component_checks_model_names_before_training(tmp_path):
     values = {**COURSE_PARAMS, **data, "large_model_reference": "text-bison@001"}
     with pytest.raises(SystemExit, match="proprietary PaLM model"):
         kp.validate(**_validate_args(tmp_path, "{}", values))
+    # The hub is offline in the tests (conftest): an uncached id fails here, in one line.
+    values = {**values, "large_model_reference": "some-org/not-downloaded-7b"}
+    with pytest.raises(SystemExit, match="not in the local Hugging Face cache"):
+        kp.validate(**_validate_args(tmp_path, "{}", values))
     assert not (tmp_path / "params.json").exists()
     # A good run resolves the parameters and says whether there is an eval set.
     values = {**values, "large_model_reference": str(tmp_path)}
