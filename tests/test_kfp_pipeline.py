@@ -64,26 +64,71 @@ def _upstream(task) -> set[str]:
     return ups
 
 
-def test_compiled_pipeline_has_vertex_name_inputs_and_defaults(tmp_path):
-    spec = _compile(tmp_path)
+# Vertex's rlhf_pipeline interface (google_cloud_pipeline_components.preview.llm,
+# rlhf/component.py), written out here independently of kfp_pipeline.VERTEX_INPUTS:
+# name -> (KFP type, default); None = no default (required or Optional[...] = None).
+VERTEX_INTERFACE = {
+    "prompt_dataset": ("STRING", None),
+    "preference_dataset": ("STRING", None),
+    "large_model_reference": ("STRING", None),
+    "model_display_name": ("STRING", None),
+    "prompt_sequence_length": ("NUMBER_INTEGER", 512),
+    "target_sequence_length": ("NUMBER_INTEGER", 64),
+    "reward_model_learning_rate_multiplier": ("NUMBER_DOUBLE", 1.0),
+    "reinforcement_learning_rate_multiplier": ("NUMBER_DOUBLE", 1.0),
+    "reward_model_train_steps": ("NUMBER_INTEGER", 1000),
+    "reinforcement_learning_train_steps": ("NUMBER_INTEGER", 1000),
+    "kl_coeff": ("NUMBER_DOUBLE", 0.1),
+    "instruction": ("STRING", None),
+    "deploy_model": ("BOOLEAN", True),
+    "eval_dataset": ("STRING", None),
+    "project": ("STRING", "{{$.pipeline_google_cloud_project_id}}"),
+    "accelerator_type": ("STRING", "GPU"),
+    "location": ("STRING", "{{$.pipeline_google_cloud_location}}"),
+    "encryption_spec_key_name": ("STRING", ""),
+    "tensorboard_resource_id": ("STRING", ""),
+}
+VERTEX_REQUIRED = {"prompt_dataset", "preference_dataset", "large_model_reference"}
+VERTEX_OUTPUTS = {"model_resource_name": "STRING", "endpoint_resource_name": "STRING"}
+MINIMAL = {k: COURSE_PARAMS[k] for k in VERTEX_REQUIRED}  # a PARAMS file setting nothing else
+
+
+def test_compiled_interface_is_vertexs(tmp_path):
+    spec = _compile(tmp_path, MINIMAL)
     assert spec["pipelineInfo"]["name"] == "rlhf-train-template"
     inputs = _inputs(spec)
-    assert set(inputs) == set(kp.VERTEX_INPUTS) | {"rlhfkit_parameters"}
-    # Defaults come from the PARAMS file; unset Vertex keys keep Vertex's defaults.
-    assert inputs["preference_dataset"]["defaultValue"] == "gs://bucket/preference.jsonl"
+    assert len(VERTEX_INTERFACE) == 19
+    assert set(inputs) == set(VERTEX_INTERFACE) | {"rlhfkit_parameters"}
+    for name, (kind, default) in VERTEX_INTERFACE.items():
+        got = inputs[name]
+        assert got["parameterType"] == kind, name
+        assert got.get("defaultValue") == default, name  # 512.0 == 512: YAML numbers
+        assert got.get("isOptional", False) == (name not in VERTEX_REQUIRED), name
+    outputs = spec["root"]["outputDefinitions"]["parameters"]
+    assert {k: v["parameterType"] for k, v in outputs.items()} == VERTEX_OUTPUTS
+    for name in VERTEX_OUTPUTS:  # both come from the deploy step
+        src = spec["root"]["dag"]["outputs"]["parameters"][name]["valueFromParameter"]
+        assert src == {"outputParameterKey": name, "producerSubtask": "deploy"}
+
+
+def test_compiled_defaults_come_from_the_params_file(tmp_path):
+    spec = _compile(tmp_path, {**COURSE_PARAMS, "project": "my-proj", "deploy_model": False})
+    inputs = _inputs(spec)
+    # Required as in Vertex, whatever the PARAMS file says: parameter_values passes them.
+    assert not {"defaultValue", "isOptional"} & set(inputs["preference_dataset"])
     assert inputs["reward_model_train_steps"]["defaultValue"] == 1410
-    assert inputs["reward_model_train_steps"]["parameterType"] == "NUMBER_INTEGER"
     assert inputs["reinforcement_learning_rate_multiplier"]["defaultValue"] == 0.2
-    assert inputs["prompt_sequence_length"]["defaultValue"] == 512
     assert inputs["instruction"]["defaultValue"] == "Summarize in less than 50 words."
-    assert inputs["model_display_name"]["defaultValue"] == ""  # None -> "" (not set)
+    assert inputs["eval_dataset"]["defaultValue"] == "gs://bucket/eval.jsonl"
+    assert inputs["project"]["defaultValue"] == "my-proj"
+    assert inputs["deploy_model"]["defaultValue"] is False
     # The extras travel as one JSON string, with no Vertex key in it (one home per key)
     # and nothing that means nothing in a cluster.
     extras = json.loads(inputs["rlhfkit_parameters"]["defaultValue"])
     assert extras["batch_size"] == 32 and extras["policy_lora_dim"] == 8
     assert extras["reward_lora_dim"] == 4  # a default written out
-    assert not set(extras) & set(kp.VERTEX_INPUTS)
-    assert "output_dir" not in extras and "project" not in extras
+    assert not set(extras) & set(VERTEX_INTERFACE)
+    assert "output_dir" not in extras
 
 
 def test_compiled_pipeline_dag_and_image(tmp_path):
@@ -91,7 +136,7 @@ def test_compiled_pipeline_dag_and_image(tmp_path):
                     accelerator_count=2)
     tasks = _all_tasks(spec)
     for name in ("validate", "train-reward", "train-policy", "infer-tuned", "infer-base",
-                 "compare"):
+                 "compare", "deploy"):
         assert name in tasks, name
     assert _upstream(tasks["train-reward"]) == {"validate"}
     assert _upstream(tasks["train-policy"]) == {"validate", "train-reward"}
@@ -99,12 +144,13 @@ def test_compiled_pipeline_dag_and_image(tmp_path):
     assert "pipelinechannel--train-policy-policy" not in _upstream(tasks["infer-base"])
     assert {"infer-tuned", "infer-base", "pipelinechannel--train-reward-reward_model"} \
         <= _upstream(tasks["compare"])
-    # Inference and comparison run only with an eval dataset, as in Vertex.
+    assert _upstream(tasks["deploy"]) == {"validate", "train-policy"}
+    # Inference and comparison run only with an eval dataset (validate says), as in Vertex.
     cond = spec["root"]["dag"]["tasks"]["condition-1"]
-    assert "eval_dataset" in cond["triggerPolicy"]["condition"]
+    assert "validate-Output" in cond["triggerPolicy"]["condition"]
     # Every component runs in the user's image, without a runtime pip install.
     executors = spec["deploymentSpec"]["executors"]
-    assert len(executors) == 6
+    assert len(executors) == 7
     for name, ex in executors.items():
         assert ex["container"]["image"] == "example.com/team/rlhfkit:1.2"
         assert "pip install" not in " ".join(ex["container"]["command"])
@@ -148,12 +194,16 @@ def test_missing_kfp_is_one_line_error(monkeypatch):
         importlib.import_module("rlhfkit.kfp_pipeline")
 
 
-def _validate_args(tmp_path, rlhfkit_parameters, **overrides):
+def _validate_args(tmp_path, rlhfkit_parameters, values=COURSE_PARAMS, **overrides):
     """Arguments for the validate component's function, called as plain Python."""
-    values = {**kp.pipeline_defaults(PipelineParams.from_dict(COURSE_PARAMS)), **overrides}
-    values["rlhfkit_parameters"] = rlhfkit_parameters
+    import inspect
+
+    taken = inspect.signature(kp.validate).parameters
+    defaults = kp.pipeline_defaults(PipelineParams.from_dict(values))
+    args = {k: v for k, v in {**defaults, **values, **overrides}.items() if k in taken}
+    args["rlhfkit_parameters"] = rlhfkit_parameters
     out = SimpleNamespace(name="parameters", path=str(tmp_path / "params.json"))
-    return {**values, "parameters": out}
+    return {**args, "parameters": out}
 
 
 def test_validate_component_rejects_a_key_set_twice(tmp_path):
@@ -167,6 +217,22 @@ def test_validate_component_reports_bad_values_without_traceback(tmp_path):
     with pytest.raises(SystemExit, match="kl_coeff must be >= 0, got -1.0"):
         kp.validate(**_validate_args(tmp_path, "{}", kl_coeff=-1.0))
     assert not (tmp_path / "params.json").exists()
+
+
+def test_validate_component_checks_model_names_before_training(tmp_path):
+    data = _tiny_data(tmp_path)
+    values = {**COURSE_PARAMS, **data, "large_model_reference": "text-bison@001"}
+    with pytest.raises(SystemExit, match="proprietary PaLM model"):
+        kp.validate(**_validate_args(tmp_path, "{}", values))
+    # The hub is offline in the tests (conftest): an uncached id fails here, in one line.
+    values = {**values, "large_model_reference": "some-org/not-downloaded-7b"}
+    with pytest.raises(SystemExit, match="not in the local Hugging Face cache"):
+        kp.validate(**_validate_args(tmp_path, "{}", values))
+    assert not (tmp_path / "params.json").exists()
+    # A good run resolves the parameters and says whether there is an eval set.
+    values = {**values, "large_model_reference": str(tmp_path)}
+    assert kp.validate(**_validate_args(tmp_path, "{}", values)) is True
+    assert json.loads((tmp_path / "params.json").read_text())["deploy_model"] is True
 
 
 # -- end to end: the compiled pipeline, run by kfp.local without Docker ----------------
@@ -205,8 +271,9 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, tiny_llama_dir):
     from kfp import local
 
     instruction = "Summarize in less than 50 words."
+    data = _tiny_data(tmp_path)
     params = PipelineParams.from_dict({
-        **_tiny_data(tmp_path), "large_model_reference": str(tiny_llama_dir),
+        **data, "large_model_reference": str(tiny_llama_dir),
         "instruction": instruction, "reward_model_train_steps": 2,
         "reinforcement_learning_train_steps": 2, "batch_size": 4, "ppo_epochs": 1,
         "prompt_sequence_length": 32, "target_sequence_length": 8,
@@ -215,7 +282,13 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, tiny_llama_dir):
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                workspace_root=str(tmp_path / "workspace"))
     try:
-        kp.build_pipeline(params)()  # runs every task, raising if one fails
+        # Vertex's required inputs, passed as the course passes parameter_values.
+        job = kp.build_pipeline(params)(  # runs every task, raising if one fails
+            preference_dataset=data["preference_dataset"],
+            prompt_dataset=data["prompt_dataset"],
+            large_model_reference=str(tiny_llama_dir),
+            # kfp.local (2.17) cannot leave out an optional input that has no default.
+            model_display_name="tiny")
     finally:
         local.config.LocalExecutionConfig.instance = None
 
@@ -240,3 +313,8 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, tiny_llama_dir):
     out = json.loads(_find(root, "compare", "executor_output.json").read_text())
     metrics = out["artifacts"]["metrics"]["artifacts"][0]["metadata"]
     assert metrics["n"] == 3 and 0 <= metrics["win_rate"] <= 1
+    # Vertex's outputs: deploy_model (default true) exported a plain transformers model.
+    model = _find(root, "deploy", "model")
+    assert job.outputs["model_resource_name"] == str(model)
+    assert job.outputs["endpoint_resource_name"] == ""
+    assert (model / "config.json").is_file() and not (model / "adapter_config.json").exists()

@@ -90,6 +90,9 @@ def test_run_end_to_end_then_rerun_skips_everything(world):
         assert set(lines[0]["inputs"]) == {"inputs_pretokenized", "targets_pretokenized"}
         assert lines[0]["inputs"]["inputs_pretokenized"].startswith(resolved["instruction"])
     assert (run / "comparison.csv").is_file() and (run / "report.html").is_file()
+    # deploy_model (Vertex's default true): a merged plain model, and how to serve it.
+    assert (run / "model" / "config.json").is_file()
+    assert f"rlhfkit serve {run}" in proc.stderr
     assert "== summary ==" in proc.stderr and "report:" in proc.stderr
     assert "mean gold score: base " in proc.stderr  # the tiny world is a demo world
     assert "noise ceiling of the labels" in proc.stderr and "agrees with" in proc.stderr

@@ -414,6 +414,10 @@ def compile_pipeline(
 
 
 _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG}
+from rlhfkit import cli_serve  # noqa: E402 (deploy: serve, export)
+
+app.command("serve")(cli_serve.serve)
+app.command("export")(cli_serve.export)
 
 
 def main() -> None:

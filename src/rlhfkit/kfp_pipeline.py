@@ -4,6 +4,7 @@ For users who outgrow one machine: Vertex AI Pipelines or a Kubeflow cluster run
 stage as its own container, passing artifacts between them. The DAG (DESIGN.md):
 
     validate -> train-reward -> train-policy -> infer-tuned --+
+             |                              `-> deploy        |
              `-------------------------------> infer-base  ---+-> compare
 
 Every component is a *lightweight Python component* whose body does nothing but call
@@ -13,29 +14,39 @@ training logic of its own: the cluster runs exactly the code `rlhfkit run` runs.
 rather than container components also lets `kfp.local.SubprocessRunner` run the pipeline
 without Docker, which is how the test proves it works end to end.)
 
-Parameters. The pipeline's inputs carry Vertex's names and the defaults of the PARAMS
-file given to `compile`, so the course's `parameter_values={...}` dict submits unchanged.
+Interface. The pipeline takes Vertex's 19 `rlhf_pipeline` inputs with Vertex's names,
+types and defaults (`VERTEX_INPUTS`; the three datasets/model inputs are required, as in
+Vertex) and returns Vertex's two outputs, `model_resource_name` (the URI of the tuned
+model's artifact: the merged model with `deploy_model`, else the policy) and
+`endpoint_resource_name` (always "": a cluster has no endpoint service; `rlhfkit serve`
+is the endpoint). So the course's `parameter_values={...}` dict submits unchanged. Values
+the PARAMS file sets become the defaults of the optional inputs. `project`, `location`,
+`accelerator_type`, `encryption_spec_key_name` and `tensorboard_resource_id` are accepted
+and unused: the hardware is chosen at compile time (`--accelerator`), logs are artifacts.
+
 rlhfkit's extras (batch_size, LoRA ranks, PPO keys, ...) are ~25 more keys; as separate
-inputs they would bury Vertex's dozen in the submit form, so they travel together as one
-JSON string input, `rlhfkit_parameters` (the PARAMS file's resolved extras). Each key has
+inputs they would bury Vertex's in the submit form, so they travel together as one JSON
+string input, `rlhfkit_parameters` (the PARAMS file's resolved extras). Each key has
 exactly one home (a Vertex key inside the JSON is an error), so there is no precedence
 rule to guess. The `validate` component merges the two, checks the result with the same
-`PipelineParams` code as the local runner, and writes it as a `params.json` artifact that
-every later stage reads: one resolved dict per run, visible in the UI, and the reason no
-two stages can disagree about a value.
+code as the local runner (`PipelineParams`, then `pipeline.validate`: every dataset and the
+model names, before any training), and writes it as a `params.json` artifact that every
+later stage reads: one resolved dict per run, visible in the UI, and the reason no two
+stages can disagree about a value.
 
 kfp is an optional extra, imported only here.
 """
 
-# No `from __future__ import annotations`: kfp reads the component signatures' types.
+# No `from __future__ import annotations`: kfp reads the component signatures' types,
+# and it reads `Optional[str]` (not `str | None`) as an optional input.
+# ruff: noqa: UP045
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
-from rlhfkit import log
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.params import CLOUD_ONLY, PipelineParams
+from rlhfkit.params import PipelineParams
 
 try:
     from kfp import compiler, dsl
@@ -46,19 +57,46 @@ except ImportError as _exc:  # one line, as every other user error
 PIPELINE_NAME = "rlhf-train-template"  # the name of Vertex's compiled RLHF pipeline
 DEFAULT_IMAGE = "rlhfkit:latest"
 PARAMETERS_INPUT = "rlhfkit_parameters"  # the JSON string input holding the extras
+REQUIRED = object()  # an input without a default
+# Vertex AI resolves these at run time to the job's project and region (as Vertex's own
+# pipeline defaults them, google_cloud_pipeline_components._placeholders).
+PROJECT_ID_PLACEHOLDER = "{{$.pipeline_google_cloud_project_id}}"
+LOCATION_PLACEHOLDER = "{{$.pipeline_google_cloud_location}}"
 
-# Vertex's parameters that are pipeline inputs of their own, in Vertex's order. The
-# cloud-only ones (project, location, deploy_model, ...) belong to the PipelineJob or mean
-# nothing here, so the pipeline does not take them.
+# Vertex's rlhf_pipeline signature (google_cloud_pipeline_components.preview.llm,
+# rlhf/component.py): (name, type, Vertex's default), in Vertex's order.
 VERTEX_INPUTS = (
-    "preference_dataset", "prompt_dataset", "eval_dataset", "large_model_reference",
-    "model_display_name", "prompt_sequence_length", "target_sequence_length",
-    "reward_model_learning_rate_multiplier", "reinforcement_learning_rate_multiplier",
-    "reward_model_train_steps", "reinforcement_learning_train_steps", "kl_coeff",
-    "instruction",
+    ("prompt_dataset", str, REQUIRED),
+    ("preference_dataset", str, REQUIRED),
+    ("large_model_reference", str, REQUIRED),
+    ("model_display_name", Optional[str], None),
+    ("prompt_sequence_length", int, 512),
+    ("target_sequence_length", int, 64),
+    ("reward_model_learning_rate_multiplier", float, 1.0),
+    ("reinforcement_learning_rate_multiplier", float, 1.0),
+    ("reward_model_train_steps", int, 1000),
+    ("reinforcement_learning_train_steps", int, 1000),
+    ("kl_coeff", float, 0.1),
+    ("instruction", Optional[str], None),
+    ("deploy_model", bool, True),
+    ("eval_dataset", Optional[str], None),
+    ("project", str, PROJECT_ID_PLACEHOLDER),
+    ("accelerator_type", str, "GPU"),
+    ("location", str, LOCATION_PLACEHOLDER),
+    ("encryption_spec_key_name", str, ""),
+    ("tensorboard_resource_id", str, ""),
 )
+VERTEX_INPUT_NAMES = tuple(name for name, _, _ in VERTEX_INPUTS)
+
+
+class PipelineOutput(NamedTuple):  # Vertex's two outputs
+    model_resource_name: str
+    endpoint_resource_name: str
+
+
+
 # Not part of the pipeline: artifacts live under the pipeline root, not in output_dir.
-_DROPPED = ("output_dir", *CLOUD_ONLY)
+_DROPPED = ("output_dir",)
 
 
 # == components =======================================================================
@@ -68,22 +106,24 @@ _DROPPED = ("output_dir", *CLOUD_ONLY)
 
 def validate(
     rlhfkit_parameters: str,
-    preference_dataset: str, prompt_dataset: str, eval_dataset: str,
-    large_model_reference: str, model_display_name: str,
+    preference_dataset: str, prompt_dataset: str, large_model_reference: str,
     prompt_sequence_length: int, target_sequence_length: int,
     reward_model_learning_rate_multiplier: float,
     reinforcement_learning_rate_multiplier: float,
     reward_model_train_steps: int, reinforcement_learning_train_steps: int,
-    kl_coeff: float, instruction: str,
+    kl_coeff: float, deploy_model: bool,
     parameters: dsl.Output[dsl.Artifact],
-):
-    """Resolve and check the run's parameters, then validate every dataset up front."""
+    model_display_name: Optional[str] = None, instruction: Optional[str] = None,
+    eval_dataset: Optional[str] = None,
+) -> bool:
+    """Resolve and check the run's parameters, every dataset and the model names, up
+    front (pipeline.validate, as `rlhfkit run`). Returns whether there is an eval set."""
     import json
-    import subprocess
     import sys
 
     from rlhfkit.errors import RlhfkitError
     from rlhfkit.params import CLOUD_ONLY, PipelineParams
+    from rlhfkit.pipeline import validate as check_inputs
 
     values = json.loads(rlhfkit_parameters)
     named = dict(
@@ -96,30 +136,20 @@ def validate(
         reinforcement_learning_rate_multiplier=reinforcement_learning_rate_multiplier,
         reward_model_train_steps=reward_model_train_steps,
         reinforcement_learning_train_steps=reinforcement_learning_train_steps,
-        kl_coeff=kl_coeff, instruction=instruction or None)
-    twice = sorted(set(values) & set(named))
+        kl_coeff=kl_coeff, instruction=instruction or None, deploy_model=deploy_model)
+    twice = sorted(set(values) & (set(named) | set(CLOUD_ONLY)))
     if twice:  # one place per key: no precedence rule for users to guess
         sys.exit(f"rlhfkit_parameters: {', '.join(twice)} have pipeline inputs of their "
                  f"own; set them there and keep only rlhfkit's extras in this JSON")
     values.update(named)
     try:
         resolved = PipelineParams.from_dict(values, source=parameters.name, quiet=True)
+        check_inputs(resolved)  # datasets (path:line errors) and model names
     except RlhfkitError as exc:
         sys.exit(str(exc))  # the message alone, no traceback
-    # Cloud-only keys mean nothing inside the pipeline; left in, every stage would print
-    # a notice about each of them.
-    resolved = {k: v for k, v in resolved.to_dict().items() if k not in CLOUD_ONLY}
     with open(parameters.path, "w", encoding="utf-8") as f:
-        json.dump(resolved, f, indent=2)
-
-    checks = [(preference_dataset, "preference"), (prompt_dataset, "prompt")]
-    if eval_dataset:
-        checks.append((eval_dataset, "eval"))
-    for path, kind in checks:
-        code = subprocess.run([sys.executable, "-m", "rlhfkit", "data", "validate", path,
-                               "--kind", kind]).returncode
-        if code:
-            sys.exit(f"{kind} dataset {path}: validation failed (exit code {code})")
+        json.dump(resolved.to_dict(), f, indent=2)
+    return bool(resolved.eval_dataset)
 
 
 def train_reward(
@@ -280,14 +310,47 @@ def compare(
         f.write(f"# Tuned vs untuned\n\n| metric | value |\n| --- | --- |\n{rows}\n")
 
 
+def deploy(
+    parameters: dsl.Input[dsl.Artifact],
+    policy: dsl.Input[dsl.Model],
+    deploy_model: bool,
+    model: dsl.Output[dsl.Model],
+) -> NamedTuple("Outputs", [("model_resource_name", str), ("endpoint_resource_name", str)]):
+    """Vertex's "Upload and Deploy Tuned Model": with deploy_model, `rlhfkit export` merges
+    the policy into a plain transformers model (the `model` artifact). Returns Vertex's two
+    outputs; there is no endpoint service in a cluster (serve with `rlhfkit serve`)."""
+    import collections
+    import json
+    import subprocess
+    import sys
+
+    outputs = collections.namedtuple("Outputs", ["model_resource_name",
+                                                 "endpoint_resource_name"])
+    if not deploy_model:
+        return outputs(policy.uri, "")
+    with open(parameters.path, encoding="utf-8") as f:
+        p = json.load(f)
+    flags = ["--trust-remote-code"] if p["trust_remote_code"] else []
+    code = subprocess.run([sys.executable, "-m", "rlhfkit", "export", policy.path, "-o",
+                           model.path, "--overwrite", *flags]).returncode
+    if code:
+        sys.exit(f"rlhfkit export failed (exit code {code})")
+    return outputs(model.uri, "")
+
+
 # == the pipeline =====================================================================
 
 def pipeline_defaults(params: PipelineParams) -> dict[str, Any]:
-    """The pipeline's inputs and their defaults: the named Vertex inputs, then the JSON."""
+    """Each input's default: REQUIRED for the three Vertex requires, else the PARAMS
+    file's value where it sets one, else Vertex's default; then the extras' JSON."""
     values = params.to_dict()
-    # KFP parameters are typed scalars: Vertex's optional strings become "" (= not set).
-    defaults = {name: "" if values[name] is None else values[name] for name in VERTEX_INPUTS}
-    extras = {k: v for k, v in values.items() if k not in _DROPPED + VERTEX_INPUTS}
+    defaults = {}
+    for name, _, vertex_default in VERTEX_INPUTS:
+        if vertex_default is REQUIRED:
+            defaults[name] = REQUIRED
+        else:
+            defaults[name] = vertex_default if values[name] is None else values[name]
+    extras = {k: v for k, v in values.items() if k not in _DROPPED + VERTEX_INPUT_NAMES}
     defaults[PARAMETERS_INPUT] = json.dumps(extras, sort_keys=True)
     return defaults
 
@@ -307,6 +370,7 @@ def build_pipeline(params: PipelineParams, image: str = DEFAULT_IMAGE,
 
     c_validate, c_reward, c_policy = map(component, (validate, train_reward, train_policy))
     c_tuned, c_base, c_compare = map(component, (infer_tuned, infer_base, compare))
+    c_deploy = component(deploy)
     d = pipeline_defaults(params)
 
     def on_accelerator(task):
@@ -317,12 +381,11 @@ def build_pipeline(params: PipelineParams, image: str = DEFAULT_IMAGE,
     @dsl.pipeline(name=PIPELINE_NAME,
                   description="RLHF (reward model + PPO) with rlhfkit, as Vertex AI's "
                               "rlhf_pipeline: same inputs, same outputs.")
-    def rlhf_train_template(
-        preference_dataset: str = d["preference_dataset"],
-        prompt_dataset: str = d["prompt_dataset"],
-        eval_dataset: str = d["eval_dataset"],
-        large_model_reference: str = d["large_model_reference"],
-        model_display_name: str = d["model_display_name"],
+    def rlhf_train_template(  # Vertex's signature, then rlhfkit's extras
+        prompt_dataset: str,
+        preference_dataset: str,
+        large_model_reference: str,
+        model_display_name: Optional[str] = d["model_display_name"],
         prompt_sequence_length: int = d["prompt_sequence_length"],
         target_sequence_length: int = d["target_sequence_length"],
         reward_model_learning_rate_multiplier: float =
@@ -332,9 +395,16 @@ def build_pipeline(params: PipelineParams, image: str = DEFAULT_IMAGE,
         reward_model_train_steps: int = d["reward_model_train_steps"],
         reinforcement_learning_train_steps: int = d["reinforcement_learning_train_steps"],
         kl_coeff: float = d["kl_coeff"],
-        instruction: str = d["instruction"],
+        instruction: Optional[str] = d["instruction"],
+        deploy_model: bool = d["deploy_model"],
+        eval_dataset: Optional[str] = d["eval_dataset"],
+        project: str = d["project"],  # accepted, unused (the job's project on Vertex)
+        accelerator_type: str = d["accelerator_type"],  # unused: see --accelerator
+        location: str = d["location"],  # accepted, unused
+        encryption_spec_key_name: str = d["encryption_spec_key_name"],  # unused
+        tensorboard_resource_id: str = d["tensorboard_resource_id"],  # unused: artifacts
         rlhfkit_parameters: str = d[PARAMETERS_INPUT],
-    ):
+    ) -> PipelineOutput:
         checked = c_validate(
             rlhfkit_parameters=rlhfkit_parameters, preference_dataset=preference_dataset,
             prompt_dataset=prompt_dataset, eval_dataset=eval_dataset,
@@ -346,13 +416,13 @@ def build_pipeline(params: PipelineParams, image: str = DEFAULT_IMAGE,
             reinforcement_learning_rate_multiplier=reinforcement_learning_rate_multiplier,
             reward_model_train_steps=reward_model_train_steps,
             reinforcement_learning_train_steps=reinforcement_learning_train_steps,
-            kl_coeff=kl_coeff, instruction=instruction)
+            kl_coeff=kl_coeff, instruction=instruction, deploy_model=deploy_model)
         resolved = checked.outputs["parameters"]
         reward = on_accelerator(c_reward(parameters=resolved))
         policy = on_accelerator(c_policy(parameters=resolved,
                                          reward_model=reward.outputs["reward_model"]))
         # As in Vertex, bulk inference runs only when there is an eval dataset.
-        with dsl.If(eval_dataset != "", name="has-eval-dataset"):
+        with dsl.If(checked.outputs["Output"] == True, name="has-eval-dataset"):  # noqa: E712
             tuned = on_accelerator(c_tuned(parameters=resolved,
                                            policy=policy.outputs["policy"]))
             base = on_accelerator(c_base(parameters=resolved))
@@ -364,6 +434,11 @@ def build_pipeline(params: PipelineParams, image: str = DEFAULT_IMAGE,
                                  reinforcer_logs=policy.outputs["reinforcer_logs"],
                                  run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER)
             on_accelerator(compared)  # scores both columns with the reward model
+        deployed = on_accelerator(c_deploy(parameters=resolved, deploy_model=deploy_model,
+                                           policy=policy.outputs["policy"]))
+        return PipelineOutput(
+            model_resource_name=deployed.outputs["model_resource_name"],
+            endpoint_resource_name=deployed.outputs["endpoint_resource_name"])
 
     return rlhf_train_template
 
@@ -377,16 +452,6 @@ def compile_pipeline(params: PipelineParams, output: str | Path, image: str = DE
         raise RlhfkitError("--image must name a container image, e.g. rlhfkit:latest")
     if accelerator_count < 1:
         raise RlhfkitError(f"--accelerator-count must be >= 1, got {accelerator_count}")
-    defaults = {f.name: f.default for f in PipelineParams.__dataclass_fields__.values()}
-    for key, meaning in CLOUD_ONLY.items():
-        if getattr(params, key) != defaults[key]:
-            log.notice(f"{key} is not a pipeline input ({meaning.split(';')[0]}): set it "
-                       f"when you submit the pipeline (see docs/kubeflow.md)")
-    for key in ("preference_dataset", "prompt_dataset", "eval_dataset"):
-        path = getattr(params, key)
-        if path and "://" not in path:
-            log.notice(f"{key} {path!r} is a local path: the pipeline's containers must "
-                       f"be able to read it (use gs://... on Vertex AI)")
     output = Path(output)
     tmp = output.with_name(f".{output.name}.compiling.yaml")
     try:

@@ -32,7 +32,6 @@ CLOUD_ONLY = {
     "encryption_spec_key_name": "a Cloud KMS key; encrypt the run directory's disk instead",
     "accelerator_type": "the cloud accelerator; rlhfkit uses whatever `accelerate` finds "
                         "(CUDA GPUs if present, else the CPU)",
-    "deploy_model": "deploys an endpoint in Vertex; the tuned model stays in RUN/policy/",
 }
 
 RL_ALGORITHMS = ("ppo", "rloo", "grpo")
@@ -61,8 +60,10 @@ class PipelineParams:
     reinforcement_learning_train_steps: int = 1000
     kl_coeff: float = 0.1  # 0 loads no reference model at all, as in Vertex
     instruction: str | None = None
-    # Cloud-only: accepted, ignored with a notice.
+    # Vertex deploys an endpoint; here `run` ends by writing RUN/model/, a merged plain
+    # transformers model, and prints the `rlhfkit serve` command (export.py).
     deploy_model: bool = True
+    # Cloud-only: accepted, ignored with a notice.
     tensorboard_resource_id: str | None = None
     accelerator_type: str | None = None
     project: str | None = None

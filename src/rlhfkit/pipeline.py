@@ -2,7 +2,7 @@
 `rlhf_pipeline` and of `aiplatform.PipelineJob(...).run()`.
 
     validate ─► train_reward ─► train_policy ─► infer(tuned) ─┐
-            └──────────────────────────────────► infer(base) ─┴─► compare
+            └──────────────────────────────────► infer(base) ─┴─► compare ─► deploy
 
 Every stage writes its outputs, then a `DONE` marker holding the hash of everything it
 depends on (parameters, data, and the markers of the stages before it). Running the same
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import shlex
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ from rlhfkit.runstate import (
 
 PARAMS_FILE = "params.json"
 TUNED, UNTUNED = "eval_results_tuned.jsonl", "eval_results_untuned.jsonl"
-STAGES = ("validate", "train_reward", "train_policy", "infer_base", "infer_tuned", "compare")
+STAGES = ("validate", "train_reward", "train_policy", "infer_base", "infer_tuned", "compare",
+          "deploy")
 
 
 @dataclass
@@ -51,6 +53,7 @@ class Outcome:
     policy: dict[str, Any] = field(default_factory=dict)
     comparison: dict[str, Any] | None = None  # compare.summarize(...) aggregates
     report: Path | None = None
+    model_dir: Path | None = None  # RUN/model/ when deploy_model
     seconds: float = 0.0
 
 
@@ -82,9 +85,14 @@ def fingerprints(params: PipelineParams) -> dict[str, str | None]:
 
 
 def validate(params: PipelineParams) -> dict[str, int]:
-    """Load every dataset once, up front: bad input fails here, before any training."""
+    """Load every dataset once, up front: bad input fails here, before any training.
+    The model names too: a PaLM name, or a hub id not cached while offline, fails here."""
     from rlhfkit.data import load_dataset
+    from rlhfkit.models import ensure_available, resolve_model_reference, reward_reference
 
+    for ref in {params.large_model_reference, reward_reference(
+            params.large_model_reference, params.reward_model_reference)}:
+        ensure_available(resolve_model_reference(ref))
     counts = {"preference": len(load_dataset(params.preference_dataset, "preference")),
               "prompt": len(load_dataset(params.prompt_dataset, "prompt"))}
     if params.eval_dataset:
@@ -176,6 +184,7 @@ def _run_stages(params: PipelineParams, run: Path) -> Outcome:
 
     if not params.eval_dataset:
         log.notice("no eval_dataset: bulk inference and compare are skipped")
+        deploy(params, run, out)
         out.seconds = time.monotonic() - t0
         return out
 
@@ -198,8 +207,33 @@ def _run_stages(params: PipelineParams, run: Path) -> Outcome:
     out.comparison = result.summary
     out.report = result.report_path
     out.stages["compare"] = "ran"
+    deploy(params, run, out)
     out.seconds = time.monotonic() - t0
     return out
+
+
+def deploy(params: PipelineParams, run: Path, out: Outcome) -> None:
+    """Vertex's "Upload and Deploy Tuned Model", locally: with deploy_model (Vertex's
+    default, true) RUN/model/ becomes a merged plain transformers model, and the command
+    that serves it is printed. Skipped when RUN/model/ was exported from this policy."""
+    from rlhfkit import export
+
+    _stage(7, "deploy", "merged model in RUN/model/" if params.deploy_model
+           else "deploy_model is false: nothing to do")
+    if not params.deploy_model:
+        out.stages["deploy"] = "off"
+        return
+    if not (run / export.MODEL_DIR).is_dir():  # deleted since: export again
+        (run / export.DEPLOY_DONE).unlink(missing_ok=True)
+
+    def work() -> None:
+        result = export.export(run / "policy", run / export.MODEL_DIR, overwrite=True,
+                               trust_remote_code=params.trust_remote_code)
+        log.info("  " + export.describe(result))
+
+    out.stages["deploy"] = _marked_stage(
+        Stage(run / export.DEPLOY_DONE.parent, config_hash(export.deploy_key(run))), work)
+    out.model_dir = run / export.MODEL_DIR
 
 
 def default_run_dir(pipeline_root: str | Path, display_name: str) -> Path:
@@ -317,6 +351,9 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
                      f"tuned {_fmt(c.get('mean_words_tuned'), '.1f')}")
     if out.report:
         lines.append(f"report: {out.report}")
+    if out.model_dir:
+        lines.append(f"merged model: {out.model_dir}; serve it with: "
+                     f"rlhfkit serve {shlex.quote(str(out.run_dir))}")
     return lines
 
 
