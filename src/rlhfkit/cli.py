@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfkit import __version__
+from rlhfkit.cli_plan import plan_cmd
 from rlhfkit.errors import RlhfkitError
 
 app = typer.Typer(
@@ -24,6 +25,7 @@ demo_app = typer.Typer(help="The offline demo world: synthetic data and a small 
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(demo_app, name="demo")
+app.command("plan")(plan_cmd)  # rlhfkit.cli_plan: the memory plan of a run
 
 
 def _version(value: bool) -> None:
@@ -342,13 +344,16 @@ def run_cmd(
     params: Annotated[str, typer.Argument(help="parameter_values as a JSON or YAML file.")],
     output_dir: Annotated[Optional[str], typer.Option(  # noqa: UP045
         "--output-dir", help="The run directory (default: output_dir in the file).")] = None,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Start even when the memory plan says a stage will not fit.")] = False,
 ) -> None:
     """Run the whole pipeline: validate, reward model, PPO, bulk inference, compare.
 
-    Running it again skips finished stages and resumes an interrupted one."""
+    Prints the memory plan first (`rlhfkit plan`). Running it again skips finished stages
+    and resumes an interrupted one."""
     from rlhfkit.pipeline import run_from_file
 
-    run_from_file(params, output_dir)
+    run_from_file(params, output_dir, force=force)
 
 
 @app.command("compile")

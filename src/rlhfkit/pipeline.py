@@ -87,9 +87,10 @@ def _marked_stage(marker: Path, key: dict[str, Any], work) -> str:
     return "ran"
 
 
-def run_pipeline(params: PipelineParams, run_dir: str | Path) -> Outcome:
-    """Run (or resume) every stage into `run_dir`; returns what was produced."""
-    from rlhfkit import compare, infer, policy, reward
+def run_pipeline(params: PipelineParams, run_dir: str | Path, force: bool = False) -> Outcome:
+    """Run (or resume) every stage into `run_dir`; returns what was produced. The memory
+    plan is printed first; a stage that will not fit stops the run unless `force`."""
+    from rlhfkit import compare, infer, plan, policy, reward
 
     t0 = time.monotonic()
     run = Path(run_dir)
@@ -97,6 +98,7 @@ def run_pipeline(params: PipelineParams, run_dir: str | Path) -> Outcome:
     _stage(1, "validate", "checking every dataset before any work starts")
     counts = validate(params)
     log.info("  " + ", ".join(f"{v} {k} records" for k, v in counts.items()))
+    plan.check_memory(params, force)
     run.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run / PARAMS_FILE, params.to_dict())
     out.stages["validate"] = "ran"
@@ -274,12 +276,13 @@ def print_summary(out: Outcome) -> None:
         log.info(line)
 
 
-def run_from_file(params_file: str | Path, output_dir: str | Path | None) -> Outcome:
+def run_from_file(params_file: str | Path, output_dir: str | Path | None,
+                  force: bool = False) -> Outcome:
     params = PipelineParams.from_file(params_file)
     run_dir = output_dir or params.output_dir
     if not run_dir:
         raise RlhfkitError(f"{params_file}: give --output-dir RUN (or output_dir in the file)")
     params.output_dir = str(run_dir)
-    out = run_pipeline(params, run_dir)
+    out = run_pipeline(params, run_dir, force)
     print_summary(out)
     return out

@@ -32,6 +32,7 @@ from rlhfkit import log
 from rlhfkit import ppo_math as pm
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models import encode_prompts, pick_dtype
+from rlhfkit.plan import fit_memory
 from rlhfkit.policy_files import META_FILE, STAGE_DIR, resume, save_state, write_outputs
 from rlhfkit.policy_model import Roles, build_roles
 from rlhfkit.runstate import (
@@ -66,7 +67,8 @@ class PolicyConfig:
     reinforcement_learning_train_steps: int = 1000
     reinforcement_learning_rate_multiplier: float = 1.0
     batch_size: int = 64
-    micro_batch_size: int | None = None  # per process and forward pass; None: no split
+    micro_batch_size: int | str | None = None  # per process and forward pass; None: no split
+    gradient_checkpointing: bool | str = False  # "auto": rlhfkit.plan decides
     policy_lora_dim: int = 1  # 0 = full tuning
     kl_coeff: float = 0.1
     kl_estimator: str = "k1"
@@ -119,7 +121,7 @@ class PolicyConfig:
     def stage_hash(self) -> str:
         """What the outputs depend on (not micro-batching, checkpoint or logging cadence)."""
         skip = {"output_dir", "reward_model_dir", "micro_batch_size", "checkpoint_every_steps",
-                "samples_every_steps", "kl_warning"}
+                "samples_every_steps", "kl_warning", "gradient_checkpointing"}
         values = {k: v for k, v in asdict(self).items() if k not in skip}
         values["reward_model"] = done_hash(self.reward_dir / "DONE") or str(self.reward_dir)
         return config_hash(values)
@@ -450,6 +452,7 @@ def build_trainer(cfg: PolicyConfig, accelerator) -> Trainer:
     params = list(roles.trainable_parameters().values())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=ADAM_EPS, weight_decay=0.0)
     scheduler = warmup_decay_schedule(optimizer, cfg.reinforcement_learning_train_steps)
+    cfg = fit_memory(cfg, roles, optimizer, accelerator)  # "auto" micro-batch / checkpointing
     return Trainer(cfg, roles, prompts, optimizer, scheduler,
                    pm.KLController(cfg.kl_coeff, cfg.target_kl, cfg.kl_horizon),
                    PromptOrder(len(prompts), cfg.seed), accelerator)

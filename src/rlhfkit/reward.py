@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit import log, models, runstate, training
+from rlhfkit import log, models, plan, runstate, training
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.reward_data import (
     Pairs,
@@ -97,7 +97,8 @@ class RewardConfig:
     reward_model_train_steps: int = 1000
     reward_model_learning_rate_multiplier: float = 1.0
     batch_size: int = 64  # pairs per optimizer step, over all processes
-    micro_batch_size: int | None = None  # pairs per forward pass per process; None = all
+    micro_batch_size: int | str | None = None  # pairs per forward pass per process; None = all
+    gradient_checkpointing: bool | str = False  # "auto": rlhfkit.plan decides
     reward_lora_dim: int = 4  # 0 = full tuning
     reward_holdout_fraction: float = 0.1
     seed: int = 0
@@ -120,8 +121,8 @@ class RewardConfig:
     def weights_key(self) -> dict[str, Any]:
         """The values the trained weights depend on (the DONE marker hashes these plus the
         data). Not: output_dir, micro_batch_size (memory only), cadences, progress."""
-        skip = {"output_dir", "micro_batch_size", "checkpoint_every_steps",
-                "eval_every_steps", "progress", "trust_remote_code"}
+        skip = {"output_dir", "micro_batch_size", "gradient_checkpointing",
+                "checkpoint_every_steps", "eval_every_steps", "progress", "trust_remote_code"}
         return {k: v for k, v in asdict(self).items() if k not in skip}
 
 
@@ -330,13 +331,14 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     if cfg.batch_size % world:
         raise RlhfkitError(f"batch_size ({cfg.batch_size}) must be divisible by the number "
                            f"of processes ({world}): every process takes an equal share")
-    local = cfg.batch_size // world
-    micro = min(cfg.micro_batch_size or local, local)
+    micro, ckpt = plan.reward_settings(cfg, base, world)  # "auto" resolved by the plan
     runstate.seed_everything(cfg.seed)  # same LoRA / head initialisation on every rank
     tokenizer = models.load_tokenizer(base, cfg.trust_remote_code)
     pad_id = tokenizer.pad_token_id
     model = build_model(base, tokenizer, cfg.reward_lora_dim, cfg.trust_remote_code,
                         models.pick_dtype(accelerator.device))
+    if ckpt:
+        training.enable_gradient_checkpointing(model.model)
     lengths = (cfg.prompt_sequence_length, cfg.target_sequence_length)
     train = encode_pairs(tokenizer, train_recs, cfg.instruction, *lengths)
     held = encode_pairs(tokenizer, eval_recs, cfg.instruction, *lengths)
@@ -348,6 +350,9 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     start = _resume(stage_dir, h, model, optimizer, scheduler, accelerator)
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
+    if cfg.micro_batch_size == "auto":  # on CUDA: one probe step, halving on OOM
+        micro = plan.probe_micro(micro, lambda m: plan.reward_probe(
+            model, train, m, pad_id, optimizer), accelerator.device)
     main = accelerator.is_main_process
     log.info(f"reward model: base {base}, "
              + (f"LoRA rank {cfg.reward_lora_dim}" if cfg.reward_lora_dim else "full tuning")
