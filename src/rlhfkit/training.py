@@ -124,7 +124,9 @@ def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
 
     transformers checkpoints a block only in training mode; rlhfkit's models run in eval
     mode (no dropout: PPO's first ratio must be 1), so only the blocks' own `training`
-    flag is set -- not their children's, whose dropout stays off.
+    flag is set -- not their children's, whose dropout stays off. A checkpointed block is
+    replayed in backward with the adapter active then, so each loss must be
+    back-propagated before the next pass switches adapters (PPO's update does so).
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
