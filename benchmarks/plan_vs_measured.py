@@ -33,6 +33,10 @@ SHAPES = {  # (hidden, layers, heads, MLP width) of the random-init Llama shapes
     "250m": (1024, 20, 16, 2752),
 }
 INSTRUCTION = B.INSTRUCTION
+MIB = 2**20
+# glibc: a fixed mmap threshold returns every large freed buffer to the kernel at once,
+# so the resident peak is the peak of live tensors (what the plan's `live` estimates).
+LIVE_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
 def build_random_llama(name: str, tokenizer_dir: str, out: Path) -> str:
@@ -107,7 +111,7 @@ def child(a) -> None:
 
 # -- the parent: runs, estimates, table ------------------------------------------------------------
 
-def estimate(stage: str, model: str, a, ckpt: bool, cuda: bool) -> int:
+def estimate(stage: str, model: str, a, ckpt: bool, cuda: bool):
     from rlhfkit import plan
 
     shape = plan.load_shape(model)
@@ -120,7 +124,7 @@ def estimate(stage: str, model: str, a, ckpt: bool, cuda: bool) -> int:
                                  ckpt)
     else:
         est = plan.inference_memory(shape, 0, a.infer_batch, p, t, dev)
-    return est.peak
+    return est
 
 
 def parent(a) -> None:
@@ -132,40 +136,53 @@ def parent(a) -> None:
     info = B.machine()
     print(f"machine: {json.dumps(info)}", flush=True)
     rows = []
+    from rlhfkit import plan
+
     for name in a.models.split(","):
         model = a.demo_model if name == "demo" else build_random_llama(
             name, a.demo_model, work / f"model-{name}")
-        for d in (work / f"run-{name}", work / f"run-{name}-ckpt"):
-            shutil.rmtree(d, ignore_errors=True)
+        for d in work.glob(f"run-{name}-*"):
+            shutil.rmtree(d)
         cases = [("reward", False), ("policy", False), ("inference", False)]
         if name == a.ckpt_model:
             cases[2:2] = [("reward", True), ("policy", True)]
         for stage, ckpt in cases:
-            run = work / f"run-{name}"
-            args = ["--stage", stage, "--model", model, "--run", str(run), "--pref", pref,
-                    "--prompts", evals if stage == "inference" else prompts,
-                    "--reward-dir", str(run / "reward_model"), "--ckpt", str(ckpt),
-                    "--prompt-len", str(a.prompt_len), "--target-len", str(a.target_len),
-                    "--batch", str(a.infer_batch if stage == "inference" else a.batch),
-                    "--steps", "1"]
-            if ckpt:  # a fresh stage directory: a DONE marker would skip the run
-                args[args.index("--run") + 1] = str(work / f"run-{name}-ckpt")
-                args[args.index("--reward-dir") + 1] = str(run / "reward_model")
             load = os.getloadavg()[0]
-            res = B.run_child(__file__, args, work / f"{name}-{stage}-{ckpt}.log")
-            cuda = "cuda_peak_mib" in res
-            from rlhfkit import plan
-
-            measured = (res["cuda_peak_mib"] * 2**20 + plan.RUNTIME_BYTES["cuda"] if cuda
-                        else res["peak_rss_mib"] * 2**20)
+            measured = {}
+            for mode, env in (("rss", {}), ("live", LIVE_ENV)):  # default glibc, then live
+                # Fresh stage directories per mode (a DONE marker would skip the run); PPO
+                # reads the reward model trained in the same mode.
+                run = work / f"run-{name}-{mode}" / ("ckpt" if ckpt else "plain")
+                args = ["--stage", stage, "--model", model, "--run", str(run), "--pref", pref,
+                        "--prompts", evals if stage == "inference" else prompts,
+                        "--reward-dir", str(work / f"run-{name}-{mode}" / "plain" /
+                                            "reward_model"),
+                        "--ckpt", str(ckpt), "--prompt-len", str(a.prompt_len),
+                        "--target-len", str(a.target_len),
+                        "--batch", str(a.infer_batch if stage == "inference" else a.batch),
+                        "--steps", "1"]
+                os.environ.update(env)
+                try:
+                    res = B.run_child(__file__, args, work / f"{name}-{stage}-{ckpt}-{mode}.log")
+                finally:
+                    for k in env:
+                        os.environ.pop(k)
+                cuda = "cuda_peak_mib" in res
+                measured[mode] = (res["cuda_peak_mib"] * 2**20 + plan.RUNTIME_BYTES["cuda"]
+                                  if cuda else res["peak_rss_mib"] * 2**20)
+                if cuda:
+                    break
             est = estimate(stage, model, a, ckpt, cuda)
-            rows.append([name, stage + (" +ckpt" if ckpt else ""), f"{est / 2**20:.0f}",
-                         f"{measured / 2**20:.0f}", f"{est / measured:.2f}",
+            live = measured.get("live", measured["rss"])
+            rows.append([name, stage + (" +ckpt" if ckpt else ""), f"{est.live / MIB:.0f}",
+                         f"{live / MIB:.0f}", f"{est.live / live:.2f}", f"{est.peak / MIB:.0f}",
+                         f"{measured['rss'] / MIB:.0f}", f"{est.peak / measured['rss']:.2f}",
                          f"{res['seconds']:.0f}", f"{load:.2f}"])
             print("  " + " | ".join(rows[-1]), flush=True)
     print()
-    print(B.markdown_table(["model", "stage", "plan MiB", "measured MiB", "plan / measured",
-                            "stage s", "load avg"], rows))
+    print(B.markdown_table(["model", "stage", "plan live MiB", "measured live MiB", "ratio",
+                            "plan peak MiB", "measured RSS MiB", "ratio", "stage s",
+                            "load avg"], rows))
 
 
 def main() -> None:

@@ -56,7 +56,11 @@ def test_reward_stage_by_hand():
     # tokens per step: 4 pairs x (5 + 2 x 3) = 44; per micro-batch 2 x 11 = 22 tokens:
     # (2 x 136 + 16) x 22 x 4 = 25344 bytes.
     assert est.tokens_per_step == 44 and est.activations == 25344
-    assert est.peak == 1952 * 4 + 552 * 12 + 25344 + plan.RUNTIME_BYTES["cpu"]
+    assert est.live == 1952 * 4 + 552 * 12 + 25344 + plan.RUNTIME_BYTES["cpu"]
+    # On CPU, glibc's retained buffers: 1.5 x activations; none on CUDA.
+    assert est.peak - est.live == est.allocator == int(1.5 * 25344)
+    gpu = plan.Device("cuda", 100 * GIB, "cuda, test")
+    assert plan.reward_memory(HAND, 2, 4, 2, 5, 3, gpu, False).allocator == 0
     # Checkpointed: the two full sequences, 2 x 2 x 8 = 32 tokens: (16 + 136 + 16) x 32 x 4.
     ck = plan.reward_memory(HAND, 2, 4, 2, 5, 3, CPU, True)
     assert ck.activations == 168 * 32 * 4 == ck.activations_ckpt
