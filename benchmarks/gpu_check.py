@@ -234,7 +234,7 @@ def stages(a) -> None:
                     for t in timer.values[-1])
     secs = timer.seconds[-1]
     rows.append(_row("inference", secs, generated, 2 * n * generated, _peak(),
-                     the_plan.stage("inference"), (16, False, None), per="generation"))
+                     the_plan.stage("inference"), (16, False, None), per="64_prompts"))
     for s in settings:
         s.restore()
     _table(rows)
