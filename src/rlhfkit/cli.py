@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from rlhfkit import __version__
+from rlhfkit.cli_plan import plan_cmd
 from rlhfkit.errors import RlhfkitError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app.add_typer(demo_app, name="demo")
 from rlhfkit.cli_label import label_app  # noqa: E402 (the label sub-app, its own module)
 
 app.add_typer(label_app, name="label")
+app.command("plan")(plan_cmd)  # rlhfkit.cli_plan: the memory plan of a run
 
 
 def _version(value: bool) -> None:
@@ -382,14 +384,16 @@ def run_cmd(
     cache: Annotated[bool, typer.Option(
         help="Reuse finished stages (--no-cache reruns every stage, as Vertex's "
              "enable_caching=False).")] = True,
+    force: Annotated[bool, typer.Option(
+        "--force", help="Start even when the memory plan says a stage will not fit.")] = False,
 ) -> None:
     """Run the whole pipeline: validate, reward model, PPO, bulk inference, compare.
 
     Running it again skips finished stages and resumes an interrupted one. One process at
-    a time per run directory (RUN/.lock)."""
+    a time per run directory (RUN/.lock). Prints the memory plan first (`rlhfkit plan`)."""
     from rlhfkit.pipeline import run_from_file
 
-    run_from_file(params, output_dir, enable_caching=cache)
+    run_from_file(params, output_dir, enable_caching=cache, force=force)
 
 
 @app.command("compile")

@@ -74,7 +74,13 @@ class PipelineParams:
     output_dir: str | None = None
     seed: int = 0
     batch_size: int = 64  # Vertex: 64 pairs (reward) and 64 prompts (RL) per step
-    micro_batch_size: int | None = None  # examples per forward pass; None = batch_size
+    # -- memory (rlhfkit plan; docs/gpu.md) ------------------------------------------------
+    # micro_batch_size: examples per forward pass per process (None = the whole batch;
+    # "auto" = the largest the memory plan says fits, confirmed on CUDA by a probe step).
+    # gradient_checkpointing: recompute each block's activations in the backward pass
+    # (true | false | "auto" = on only when the plan says the step would not fit without).
+    micro_batch_size: int | str | None = None
+    gradient_checkpointing: bool | str = False
     reward_lora_dim: int = 4  # Vertex >= 2.10; 0 = full tuning
     policy_lora_dim: int = 1  # Vertex; 0 = full tuning
     reward_model_reference: str | None = None  # None: as Vertex (llama-2-7b for 13b/chat)
@@ -201,8 +207,13 @@ class PipelineParams:
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be >= 0 (0 = full tuning), "
                                 f"got {getattr(self, name)}")
-        if self.micro_batch_size is not None and not 0 < self.micro_batch_size:
-            problems.append(f"micro_batch_size must be > 0, got {self.micro_batch_size}")
+        if self.micro_batch_size is not None and self.micro_batch_size != "auto" and not (
+                isinstance(self.micro_batch_size, int) and self.micro_batch_size > 0):
+            problems.append(f"micro_batch_size must be an integer > 0 or \"auto\", "
+                            f"got {self.micro_batch_size!r}")
+        if self.gradient_checkpointing not in (True, False, "auto"):
+            problems.append(f"gradient_checkpointing must be true, false or \"auto\", "
+                            f"got {self.gradient_checkpointing!r}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             problems.append("gamma and lam must be in [0, 1]")
         if not 0 < self.reward_holdout_fraction < 1:
@@ -303,6 +314,8 @@ def _coerce(value: Any, hint: Any) -> Any:
         if type(None) in args:
             return None
         raise TypeError("must not be null")
+    if value == "auto" and str in args:  # micro_batch_size / gradient_checkpointing: "auto"
+        return value
     base = next((a for a in args if a is not type(None)), hint) if args else hint
     if typing.get_origin(base) is typing.Literal:
         return _coerce(value, base)

@@ -136,24 +136,26 @@ def forget_finished(run: Path) -> None:
 
 
 def run_pipeline(params: PipelineParams, run_dir: str | Path,
-                 enable_caching: bool = True) -> Outcome:
+                 enable_caching: bool = True, force: bool = False) -> Outcome:
     """Run (or resume) every stage into `run_dir`, holding its lock; returns what was
-    produced. `enable_caching=False` reruns every stage from scratch."""
+    produced. `enable_caching=False` reruns every stage from scratch. The memory plan is
+    printed first; a stage that will not fit stops the run unless `force`."""
     run = check_output_dir(run_dir)  # before any work: a bad location fails in one line
     with run_lock(run):
         if not enable_caching:
             forget_finished(run)
-        return _run_stages(resolved(params), run)
+        return _run_stages(resolved(params), run, force)
 
 
-def _run_stages(params: PipelineParams, run: Path) -> Outcome:
-    from rlhfkit import compare, infer, policy, reward
+def _run_stages(params: PipelineParams, run: Path, force: bool = False) -> Outcome:
+    from rlhfkit import compare, infer, plan, policy, reward
 
     t0 = time.monotonic()
     out = Outcome(run_dir=run)
     _stage(1, "validate", "checking every dataset before any work starts")
     counts = validate(params)
     log.info("  " + ", ".join(f"{v} {k} records" for k, v in counts.items()))
+    plan.check_memory(params, force)
     atomic_write_json(run / PARAMS_FILE, {"parameter_values": params.to_dict(),
                                           "fingerprints": fingerprints(params)})
     out.stages["validate"] = "ran"
@@ -371,12 +373,12 @@ def print_summary(out: Outcome) -> None:
 
 
 def run_from_file(params_file: str | Path, output_dir: str | Path | None,
-                  enable_caching: bool = True) -> Outcome:
+                  enable_caching: bool = True, force: bool = False) -> Outcome:
     params = PipelineParams.from_file(params_file)
     run_dir = output_dir or params.output_dir
     if not run_dir:
         raise RlhfkitError(f"{params_file}: give --output-dir RUN (or output_dir in the file)")
     params.output_dir = str(run_dir)
-    out = run_pipeline(params, run_dir, enable_caching)
+    out = run_pipeline(params, run_dir, enable_caching, force)
     print_summary(out)
     return out

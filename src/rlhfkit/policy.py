@@ -42,6 +42,7 @@ from rlhfkit import rl_math as rl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models import encode_prompts, pick_dtype
 from rlhfkit.params import PipelineParams
+from rlhfkit.plan import fit_memory
 from rlhfkit.policy_files import META_FILE, STAGE_DIR, resume, save_state, write_outputs
 from rlhfkit.policy_model import Roles, build_roles
 from rlhfkit.policy_rollout import PromptOrder, Rollout, format_samples, micro_slices, rollout
@@ -464,6 +465,7 @@ def build_trainer(cfg: PolicyConfig, accelerator) -> Trainer:
     params = list(roles.trainable_parameters().values())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=ADAM_EPS, weight_decay=0.0)
     scheduler = warmup_decay_schedule(optimizer, cfg.reinforcement_learning_train_steps)
+    cfg = fit_memory(cfg, roles, optimizer, accelerator)  # "auto" micro-batch / checkpointing
     return Trainer(cfg, roles, prompts, optimizer, scheduler,
                    pm.KLController(cfg.kl_coeff, cfg.target_kl, cfg.kl_horizon),
                    PromptOrder(len(prompts), cfg.seed), accelerator)

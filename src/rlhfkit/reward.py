@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit import log, models, runstate, training
+from rlhfkit import log, models, plan, runstate, training
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.params import PipelineParams
 from rlhfkit.reward_data import (
@@ -321,13 +321,14 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     if cfg.params.batch_size % world:
         raise RlhfkitError(f"batch_size ({cfg.params.batch_size}) must be divisible by the number "
                            f"of processes ({world}): every process takes an equal share")
-    local = cfg.params.batch_size // world
-    micro = min(cfg.params.micro_batch_size or local, local)
+    micro, ckpt = plan.reward_settings(cfg.params, base, world)  # "auto" resolved by the plan
     runstate.seed_everything(cfg.params.seed)  # same LoRA / head initialisation on every rank
     tokenizer = models.load_tokenizer(base, cfg.params.trust_remote_code)
     pad_id = tokenizer.pad_token_id
     model = build_model(base, tokenizer, cfg.params.reward_lora_dim, cfg.params.trust_remote_code,
                         models.pick_dtype(accelerator.device))
+    if ckpt:
+        training.enable_gradient_checkpointing(model.model)
     lengths = (cfg.params.prompt_sequence_length, cfg.params.target_sequence_length)
     train = encode_pairs(tokenizer, train_recs, cfg.params.instruction, *lengths)
     held = encode_pairs(tokenizer, eval_recs, cfg.params.instruction, *lengths)
@@ -342,6 +343,9 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     start = found.step if found is not None else 0
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
+    if cfg.params.micro_batch_size == "auto":  # on CUDA: one probe step, halving on OOM
+        micro = plan.probe_micro(micro, lambda m: plan.reward_probe(
+            model, train, m, pad_id, optimizer), accelerator.device)
     main = accelerator.is_main_process
     log.info(f"reward model: base {base}, "
              + (f"LoRA rank {cfg.params.reward_lora_dim}" if cfg.params.reward_lora_dim

@@ -103,10 +103,20 @@ class RewardModel(torch.nn.Module):
         super().__init__()
         self.model = model
 
+    @property
+    def checkpointing(self) -> bool:
+        return training.checkpointing_enabled(self.model)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 suffix_ids: torch.Tensor | None = None,
                 suffix_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of a padded batch; with suffix_ids, of a `pair_batch` (see pair_scores)."""
+        if suffix_ids is not None and torch.is_grad_enabled() and self.checkpointing:
+            # A recomputed block cannot re-read a KV cache: score the two full sequences
+            # (prefix + suffix, padding inside; positions follow the mask: same scores).
+            input_ids = torch.cat([input_ids.repeat(2, 1), suffix_ids], 1)
+            attention_mask = torch.cat([attention_mask.repeat(2, 1), suffix_mask], 1)
+            suffix_ids = None
         if suffix_ids is None:
             return reward_scores(self.model, input_ids, attention_mask)
         return pair_scores(self.model, input_ids, attention_mask, suffix_ids, suffix_mask)

@@ -114,3 +114,41 @@ def check_finite(step: int, all_reduce=None, **values: torch.Tensor | float) -> 
             raise RlhfkitError(
                 f"step {step}: {name} is not finite (NaN or inf); the last good checkpoint "
                 "is kept. Lower the learning-rate multiplier or check the data.")
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute each transformer block's activations in the backward pass instead of
+    keeping them (Chen et al. 2016): activation memory falls from layers x a block's
+    tensors to layers x its input + one block, for ~1/3 more compute.
+
+    `model`: a transformers model or a peft model wrapping one. Non-reentrant
+    `torch.utils.checkpoint` (exact: the recomputed forward is the same function, so
+    losses and gradients equal the plain run's; a test checks it). With LoRA the
+    embeddings are frozen, so their output is made to require grad
+    (`enable_input_require_grads`): without it a reentrant checkpoint would see inputs
+    that need no gradient and give the adapters none.
+
+    transformers checkpoints a block only in training mode; rlhfkit's models run in eval
+    mode (no dropout: PPO's first ratio must be 1), so only the blocks' own `training`
+    flag is set -- not their children's, whose dropout stays off. A checkpointed block is
+    replayed in backward with the adapter active then, so each loss must be
+    back-propagated before the next pass switches adapters (PPO's update does so).
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    enable = getattr(hf, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # transformers < 5.x
+        hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(hf, "enable_input_require_grads"):
+        hf.enable_input_require_grads()
+    for module in hf.modules():
+        if isinstance(module, GradientCheckpointingLayer):
+            module.training = True  # this module only: its dropouts stay in eval mode
+
+
+def checkpointing_enabled(model: torch.nn.Module) -> bool:
+    """Is gradient checkpointing on in `model` (any wrapper: DDP, peft, RewardModel)?"""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())

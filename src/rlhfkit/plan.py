@@ -1,0 +1,733 @@
+"""`rlhfkit plan PARAMS`: what each stage will need in memory, before any run.
+
+A 7B course run (batch 64, 512 + 64 tokens) put through one forward pass needs hundreds of
+GiB of activations; finding that out after the model has loaded wastes the user's time.
+The plan reads only the model's config (`AutoConfig`; the parameter and LoRA counts come
+from a model built on the meta device, which holds no memory) and estimates, per stage and
+per process, the peak of
+
+    weights + gradients + optimizer state + activations + logits + KV cache + runtime
+
+against the device the stage will run on (CUDA device memory, or the machine's available
+RAM). It also resolves `micro_batch_size: auto` (the largest micro-batch that fits) and
+`gradient_checkpointing: auto` (on only when the step would not fit without it).
+
+The activation model counts the tensors autograd saves per token and layer of a
+decoder block with SDPA attention (no S x S attention matrix is kept: flash / memory-
+efficient kernels; Korthikanti et al. 2022, "Reducing Activation Recomputation in Large
+Transformer Models", section 4, derive the same count for GPT with dropout): both norms'
+inputs and outputs, q, k, v and the attention output, the o_proj input, and 4 x the MLP
+width for a gated MLP (gate, up, act(gate), their product; 2 x for GPT-2's). With
+gradient checkpointing only each layer's input stays, plus one layer recomputed at a time.
+The figures are validated against measured peaks in docs/gpu.md
+(benchmarks/plan_vs_measured.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from rlhfkit.errors import RlhfkitError
+
+GIB = 2**30
+# Fraction of the device memory a plan may use: the allocator's fragmentation and
+# transient buffers (cuBLAS workspaces, NCCL) need the rest.
+USABLE_FRACTION = 0.90
+# What the process holds before any model: on CPU the RSS of torch + transformers + peft +
+# accelerate imported (measured: 0.40 GiB); on CUDA the context and kernels (~0.5-1 GiB,
+# not in torch.cuda.max_memory_allocated).
+RUNTIME_BYTES = {"cpu": int(0.42 * GIB), "cuda": int(1.0 * GIB)}
+# On CPU, glibc's malloc keeps freed activation buffers in its heap (its mmap threshold
+# grows with every large free), so a training step's resident peak exceeds its live
+# tensors: measured 1.3-1.9x at 60M-250M parameters (docs/gpu.md). This allowance, as a
+# multiple of the step's activations + logits + KV cache, is fitted to those runs; with
+# MALLOC_MMAP_THRESHOLD_=131072 the peak is the live estimate (at ~15% more time).
+CPU_ALLOCATOR_SLACK = 1.5
+# Copies of the (micro, T, vocab) logits alive at the policy loss's peak: the LM head's
+# output, logits / temperature, its float32 log-softmax (kept for backward) and the
+# gradient flowing back into it.
+POLICY_LOGIT_COPIES = 4
+# A GPU is kept busy by this many rows per forward pass: `auto` checkpointing stays off
+# if a micro-batch this large (or the whole local batch, when smaller) fits without it.
+MIN_EFFICIENT_MICRO = 8
+STAGES = ("reward", "policy", "dpo", "inference")
+
+
+# -- the model's shape (from its config) ----------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimator needs to know about a model; counts in parameters (elements)."""
+
+    name: str
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    num_layers: int
+    kv_dim: int                 # num_key_value_heads x head_dim (= hidden without GQA)
+    intermediate_size: int
+    gated_mlp: bool             # Llama / Qwen / Mistral: gate and up projections
+    n_params: int               # the causal LM's parameters (tied embeddings once)
+    lm_head_params: int         # 0 when tied to the input embeddings
+    block_linears: tuple[tuple[int, int], ...]  # (in, out) of each linear of one block
+
+    @property
+    def backbone_params(self) -> int:
+        """Parameters of the scalar-head model's trunk (no LM head)."""
+        return self.n_params - self.lm_head_params
+
+    def lora_params(self, rank: int) -> int:
+        """LoRA A (r x in) + B (out x r) on every linear of every block (peft
+        "all-linear" leaves out the LM head), 0 for rank 0."""
+        return rank * self.num_layers * sum(i + o for i, o in self.block_linears)
+
+    def act_elements(self) -> int:
+        """Elements autograd keeps per token and layer (see the module docstring):
+        7 x hidden + k and v + 4 (gated) or 2 x the MLP width."""
+        return 7 * self.hidden_size + 2 * self.kv_dim + (
+            4 if self.gated_mlp else 2) * self.intermediate_size
+
+    def kv_elements(self) -> int:
+        """Key + value cache elements per token (all layers)."""
+        return 2 * self.num_layers * self.kv_dim
+
+
+def shape_from_config(config, name: str = "") -> ModelShape:
+    """A `ModelShape` from a transformers config: the model is built on the meta device
+    (no memory, a second for 7B) so the counts are those of the real model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    n_params = sum(p.numel() for p in model.parameters())  # shared weights once
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    head_params = 0 if head is None or tied else head.weight.numel()
+    layers = _blocks(model)
+    linears = tuple((m.in_features, m.out_features) for m in layers[0].modules()
+                    if isinstance(m, torch.nn.Linear))
+    if not linears:  # GPT-2's Conv1D layers: weight (in, out)
+        linears = tuple(tuple(m.weight.shape) for m in layers[0].modules()
+                        if type(m).__name__ == "Conv1D")
+    names = [n for n, _ in layers[0].named_modules()]
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = text.hidden_size
+    heads = text.num_attention_heads
+    head_dim = getattr(text, "head_dim", None) or hidden // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    inter = (getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
+             or 4 * hidden)
+    return ModelShape(name=name, model_type=text.model_type, vocab_size=text.vocab_size,
+                      hidden_size=hidden, num_layers=len(layers), kv_dim=kv_heads * head_dim,
+                      intermediate_size=inter,
+                      gated_mlp=any(n.endswith("gate_proj") for n in names),
+                      n_params=n_params, lm_head_params=head_params, block_linears=linears)
+
+
+def _blocks(model):
+    """The repeated decoder blocks: the longest ModuleList in the model."""
+    import torch
+
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not lists:
+        raise RlhfkitError(f"{type(model).__name__}: no decoder blocks found")
+    return max(lists, key=len)
+
+
+def load_shape(ref: str, trust_remote_code: bool = False) -> ModelShape:
+    """The shape of `large_model_reference` from its config.json alone."""
+    from transformers import AutoConfig
+
+    from rlhfkit import models
+
+    path = models.resolve_model_reference(ref)
+    models.ensure_available(path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RlhfkitError(f"{path}: cannot read the model config: {exc}") from exc
+    return shape_from_config(config, name=ref)
+
+
+# -- the device ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Device:
+    kind: str            # "cuda" or "cpu"
+    memory: int          # bytes the stage may count on
+    description: str
+
+    @property
+    def dtype_bytes(self) -> int:
+        """bf16 on GPUs (models.pick_dtype), float32 on CPU."""
+        return 2 if self.kind == "cuda" else 4
+
+
+def detect_device(kind: str | None = None, memory_gib: float | None = None) -> Device:
+    """The device a stage would run on (CUDA device 0 if present), or the one named: its
+    total memory (CUDA) or the machine's available RAM (CPU); `memory_gib` overrides."""
+    import torch
+
+    kind = kind or ("cuda" if torch.cuda.is_available() else "cpu")
+    if kind not in ("cpu", "cuda"):
+        raise RlhfkitError(f"device must be cpu or cuda, got {kind!r}")
+    if memory_gib is not None:
+        return Device(kind, int(memory_gib * GIB), f"{kind}, {memory_gib:g} GiB (given)")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise RlhfkitError("--device cuda: no CUDA device here; give --memory-gib too")
+        total = torch.cuda.mem_get_info(0)[1]
+        return Device("cuda", total, f"cuda:0 {torch.cuda.get_device_name(0)}, "
+                                     f"{total / GIB:.1f} GiB")
+    avail = _available_ram()
+    return Device("cpu", avail, f"cpu, {avail / GIB:.1f} GiB RAM available")
+
+
+def _available_ram() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+# -- the estimate of one stage ------------------------------------------------------------
+
+@dataclass
+class StageMemory:
+    """One stage's estimated peak on one process, in bytes, and what produced it."""
+
+    stage: str
+    params: int                  # parameters held (all roles)
+    trainable: int
+    tokens_per_step: int         # tokens through the model per optimizer step (all ranks)
+    micro_batch_size: int
+    checkpointing: bool
+    weights: int = 0
+    gradients: int = 0
+    optimizer: int = 0
+    activations: int = 0         # per micro-batch, with the chosen checkpointing
+    activations_no_ckpt: int = 0
+    activations_ckpt: int = 0
+    logits: int = 0
+    kv_cache: int = 0
+    runtime: int = 0
+    allocator: int = 0           # CPU training: freed buffers glibc keeps (see above)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def live(self) -> int:
+        """The peak of live tensors + runtime (what CUDA's allocator sees)."""
+        return (self.weights + self.gradients + self.optimizer + self.activations
+                + self.logits + self.kv_cache + self.runtime)
+
+    @property
+    def peak(self) -> int:
+        return self.live + self.allocator
+
+
+def _cpu_slack(est: StageMemory, dev: Device) -> StageMemory:
+    if dev.kind == "cpu":
+        est.allocator = int(CPU_ALLOCATOR_SLACK * (est.activations + est.logits
+                                                   + est.kv_cache))
+    return est
+
+
+def activation_bytes(shape: ModelShape, tokens: int, dtype_bytes: int,
+                     checkpointing: bool) -> int:
+    """Saved activations of one forward pass over `tokens` tokens (rows x length).
+
+    Without checkpointing: tokens x layers x `act_elements` (+ 2 x hidden per token for the
+    embeddings' output and the final norm). With it: each layer's input (hidden per token
+    and layer) plus one layer's full activations while it is recomputed.
+    Example (hand-checked in tests): hidden 8, kv 8, MLP 16 gated, 2 layers, 10 tokens,
+    4 bytes: act_elements = 56 + 16 + 64 = 136; no ckpt (2 * 136 + 16) * 10 * 4 = 11520.
+    """
+    h = shape.hidden_size
+    if checkpointing:
+        per_token = shape.num_layers * h + shape.act_elements() + 2 * h
+    else:
+        per_token = shape.num_layers * shape.act_elements() + 2 * h
+    return tokens * per_token * dtype_bytes
+
+
+def _training_state(est: StageMemory, shape: ModelShape, dtype_bytes: int) -> None:
+    """Gradients (param dtype) and AdamW's two moments (param dtype) of the trainable."""
+    est.gradients = est.trainable * dtype_bytes
+    est.optimizer = 2 * est.trainable * dtype_bytes
+
+
+def _with_activations(est: StageMemory, shape: ModelShape, tokens: int, dtype_bytes: int
+                      ) -> StageMemory:
+    est.activations_no_ckpt = activation_bytes(shape, tokens, dtype_bytes, False)
+    est.activations_ckpt = activation_bytes(shape, tokens, dtype_bytes, True)
+    est.activations = est.activations_ckpt if est.checkpointing else est.activations_no_ckpt
+    return est
+
+
+def reward_memory(shape: ModelShape, lora_dim: int, batch: int, micro: int, prompt_len: int,
+                  target_len: int, dev: Device, checkpointing: bool) -> StageMemory:
+    """The reward stage: scalar-head trunk + LoRA (or all weights) + head, Bradley-Terry
+    over `micro` pairs per forward pass. The pair path runs the prompt once and both
+    continuations on its KV cache: micro x (P + 2T) tokens; with checkpointing the two full
+    sequences run instead (the KV cache cannot be re-read by a recomputed layer):
+    2 x micro x (P + T)."""
+    b = dev.dtype_bytes
+    lora = shape.lora_params(lora_dim)
+    trainable = (lora if lora_dim else shape.backbone_params) + shape.hidden_size
+    est = StageMemory("reward", shape.backbone_params + lora + shape.hidden_size, trainable,
+                      batch * (prompt_len + 2 * target_len), micro, checkpointing,
+                      runtime=RUNTIME_BYTES[dev.kind])
+    est.weights = est.params * b
+    _training_state(est, shape, b)
+    if checkpointing:
+        tokens = 2 * micro * (prompt_len + target_len)
+    else:
+        tokens = micro * (prompt_len + 2 * target_len)
+        est.kv_cache = 0  # the prefix cache is part of the saved activations (k, v)
+    return _cpu_slack(_with_activations(est, shape, tokens, b), dev)
+
+
+def policy_memory(shape: ModelShape, reward_shape: ModelShape, lora_dim: int,
+                  reward_lora_dim: int, shares_base: bool, kl_coeff: float, batch: int,
+                  micro: int, prompt_len: int, target_len: int, dev: Device,
+                  checkpointing: bool, rollout_micro: int | None = None) -> StageMemory:
+    """PPO (policy_model.Roles): with LoRA one base serves policy, value, reference (and
+    the reward adapter when it shares the base); otherwise the reward model is a second
+    trunk, and full tuning adds a frozen reference copy when kl_coeff > 0.
+
+    Peak = weights + gradients + Adam + the larger of the update (one graph alive:
+    policy logits over the T+1 response positions, then values) and the rollout (the
+    KV cache of micro x (P + T) tokens while sampling; `rollout_micro` rows when the
+    rollout is split differently: micro_batch_size unset samples the whole local batch
+    at once, while the update takes one minibatch at a time)."""
+    b = dev.dtype_bytes
+    h = shape.hidden_size
+    if lora_dim:
+        trainable = 2 * shape.lora_params(lora_dim) + h  # policy + value adapters + head
+        params = shape.n_params + trainable
+        if shares_base:
+            params += shape.lora_params(reward_lora_dim) + h
+    else:
+        trainable = shape.n_params + h
+        params = trainable + (shape.n_params if kl_coeff > 0 else 0)
+    if not shares_base:
+        params += (reward_shape.backbone_params + reward_shape.lora_params(reward_lora_dim)
+                   + reward_shape.hidden_size)
+    est = StageMemory("policy", params, trainable, batch * (prompt_len + target_len), micro,
+                      checkpointing, runtime=RUNTIME_BYTES[dev.kind])
+    est.weights = params * b
+    _training_state(est, shape, b)
+    tokens = micro * (prompt_len + target_len)
+    _with_activations(est, shape, tokens, b)
+    logits = POLICY_LOGIT_COPIES * micro * (target_len + 1) * shape.vocab_size * 4
+    kv = (rollout_micro or micro) * (prompt_len + target_len) * shape.kv_elements() * b
+    # Rollout and update do not overlap: the rollout's cache is freed before the update.
+    if kv > est.activations + logits:
+        est.kv_cache, est.activations, est.logits = kv, 0, 0
+        est.notes.append("peak while sampling (KV cache)")
+    else:
+        est.logits = logits
+    return _cpu_slack(est, dev)
+
+
+def dpo_memory(shape: ModelShape, lora_dim: int, batch: int, micro: int, prompt_len: int,
+               target_len: int, dev: Device, checkpointing: bool) -> StageMemory:
+    """DPO (tuning_method: dpo): the policy (LoRA, reference = adapters off; full tuning: a
+    frozen copy) scores chosen and rejected: 2 x micro sequences of P + T tokens, the
+    float32 log-softmax over the T response positions of each kept for backward."""
+    b = dev.dtype_bytes
+    if lora_dim:
+        trainable = shape.lora_params(lora_dim)
+        params = shape.n_params + trainable
+    else:
+        trainable = shape.n_params
+        params = 2 * shape.n_params
+    est = StageMemory("dpo", params, trainable, 2 * batch * (prompt_len + target_len), micro,
+                      checkpointing, runtime=RUNTIME_BYTES[dev.kind])
+    est.weights = params * b
+    _training_state(est, shape, b)
+    _with_activations(est, shape, 2 * micro * (prompt_len + target_len), b)
+    est.logits = POLICY_LOGIT_COPIES * 2 * micro * target_len * shape.vocab_size * 4
+    return _cpu_slack(est, dev)
+
+
+def inference_memory(shape: ModelShape, lora_dim: int, batch: int, prompt_len: int,
+                     target_len: int, dev: Device) -> StageMemory:
+    """Bulk inference: the weights (+ adapter), the KV cache of `batch` x (P + T) tokens,
+    one layer's transient prefill activations and the last position's logits."""
+    b = dev.dtype_bytes
+    params = shape.n_params + shape.lora_params(lora_dim)
+    tokens = batch * (prompt_len + target_len)
+    est = StageMemory("inference", params, 0, tokens, batch, False,
+                      runtime=RUNTIME_BYTES[dev.kind])
+    est.weights = params * b
+    est.kv_cache = tokens * shape.kv_elements() * b
+    est.activations = est.activations_no_ckpt = batch * prompt_len * (
+        shape.act_elements() + 2 * shape.hidden_size) * b
+    est.logits = 2 * batch * shape.vocab_size * 4
+    return est
+
+
+# -- choosing micro-batch size and checkpointing ------------------------------------------------
+
+def halvings(n: int) -> list[int]:
+    """n, ceil(n/2), ... 1: the micro-batch sizes `auto` tries. halvings(6) == [6, 3, 2, 1]."""
+    out = [n]
+    while out[-1] > 1:
+        out.append(math.ceil(out[-1] / 2))
+    return out
+
+
+def choose(estimate, local_batch: int, micro, checkpointing, budget: int
+           ) -> tuple[int, bool, bool]:
+    """(micro-batch, checkpointing, fits) for a stage. `estimate(micro, ckpt)` returns a
+    StageMemory; `micro` is an int or "auto"; `checkpointing` is a bool or "auto".
+
+    auto micro-batch: the largest of `halvings(local_batch)` that fits. auto
+    checkpointing: off when a micro-batch of at least MIN_EFFICIENT_MICRO rows (or the
+    whole local batch) fits without it, else on (it costs a ~1/3 longer step, where
+    tiny micro-batches would leave the GPU idle)."""
+    micros = halvings(local_batch) if micro == "auto" else [min(int(micro), local_batch)]
+    ckpts = [False, True] if checkpointing == "auto" else [bool(checkpointing)]
+    fits = {c: [m for m in micros if estimate(m, c).peak <= budget] for c in ckpts}
+    if checkpointing != "auto":
+        c = ckpts[0]
+        return (fits[c][0], c, True) if fits[c] else (micros[-1], c, False)
+    enough = min(MIN_EFFICIENT_MICRO, local_batch) if micro == "auto" else micros[0]
+    if fits[False] and fits[False][0] >= enough:
+        return fits[False][0], False, True
+    if fits[True]:
+        return fits[True][0], True, True
+    if fits[False]:
+        return fits[False][0], False, True
+    return micros[-1], True, False
+
+
+# -- the plan of a run --------------------------------------------------------------------------
+
+@dataclass
+class Plan:
+    model: ModelShape
+    device: Device
+    stages: list[StageMemory]
+    processes: int = 1
+
+    @property
+    def budget(self) -> int:
+        return int(self.device.memory * USABLE_FRACTION)
+
+    def stage(self, name: str) -> StageMemory | None:
+        return next((s for s in self.stages if s.stage == name), None)
+
+    def problems(self) -> list[str]:
+        """One line per stage that will not fit, saying what to change."""
+        return [f"{s.stage}: needs ~{_gib(s.peak)} of {_gib(self.budget)} usable on "
+                f"{self.device.description}. {advice(s)}"
+                for s in self.stages if s.peak > self.budget]
+
+
+def advice(s: StageMemory) -> str:
+    """What to change, biggest lever first."""
+    tips = []
+    if s.micro_batch_size > 1:
+        tips.append("a smaller micro_batch_size (or \"auto\")")
+    if not s.checkpointing and s.stage != "inference":
+        tips.append("gradient_checkpointing: true (or \"auto\")")
+    if s.optimizer > s.weights // 4:
+        tips.append("LoRA (reward_lora_dim / policy_lora_dim > 0) instead of full tuning")
+    tips.append("a smaller model or a device with more memory (full tuning across devices: "
+                "FSDP through `accelerate launch`, docs/gpu.md)")
+    return "Try " + "; ".join(tips) + "."
+
+
+def make_plan(params, shape: ModelShape | None = None, reward_shape: ModelShape | None = None,
+              device: Device | None = None, processes: int = 1) -> Plan:
+    """Estimate every stage of `params` (a PipelineParams). `shape` / `reward_shape` /
+    `device` default to reading the configs and detecting the device."""
+    from rlhfkit import models
+
+    device = device or detect_device()
+    shape = shape or load_shape(params.large_model_reference, params.trust_remote_code)
+    reward_ref = models.reward_reference(params.large_model_reference,
+                                         params.reward_model_reference)
+    if reward_shape is None:
+        reward_shape = (shape if reward_ref == params.large_model_reference
+                        else load_shape(reward_ref, params.trust_remote_code))
+    budget = int(device.memory * USABLE_FRACTION)
+    p, t = params.prompt_sequence_length, params.target_sequence_length
+    local = max(1, params.batch_size // processes)
+    micro = params.micro_batch_size or local
+    ckpt = getattr(params, "gradient_checkpointing", False)
+    stages = []
+
+    def fit(fn) -> StageMemory:
+        m, c, _ = choose(fn, local, micro, ckpt, budget)
+        return fn(m, c)
+
+    if getattr(params, "tuning_method", None) == "dpo":
+        stages.append(fit(lambda m, c: dpo_memory(shape, params.policy_lora_dim,
+                                                  params.batch_size, m, p, t, device, c)))
+    else:
+        stages.append(fit(lambda m, c: reward_memory(
+            reward_shape, params.reward_lora_dim, params.batch_size, m, p, t, device, c)))
+        shares = (params.policy_lora_dim > 0 and params.reward_lora_dim > 0
+                  and reward_ref == params.large_model_reference)
+        stages.append(_fit_policy(shape, reward_shape, params, shares, local, micro, ckpt,
+                                  device, budget))
+    from rlhfkit.infer import DEFAULT_BATCH_SIZE
+
+    stages.append(inference_memory(shape, params.policy_lora_dim, DEFAULT_BATCH_SIZE, p, t,
+                                   device))
+    return Plan(shape, device, stages, processes)
+
+
+def _fit_policy(shape, reward_shape, params, shares, local, micro, ckpt, device, budget):
+    """PPO's micro-batches split each minibatch (local / num_minibatches prompts) in the
+    update and the local batch in the rollout."""
+    mini = max(1, local // params.num_minibatches)
+    whole = params.micro_batch_size is None
+
+    def fn(m: int, c: bool) -> StageMemory:
+        return policy_memory(shape, reward_shape, params.policy_lora_dim,
+                             params.reward_lora_dim, shares, params.kl_coeff,
+                             params.batch_size, m, params.prompt_sequence_length,
+                             params.target_sequence_length, device, c,
+                             rollout_micro=local if whole else m)
+
+    m, c, _ = choose(fn, mini, micro, ckpt, budget)
+    return fn(m, c)
+
+
+def resolved(params, plan: Plan, stage: str):
+    """A copy of `params` with this stage's micro_batch_size and gradient_checkpointing
+    decided by the plan (what `auto` means), for the stage's config."""
+    s = plan.stage(stage)
+    if s is None:
+        return params
+    return replace(params, micro_batch_size=s.micro_batch_size,
+                   gradient_checkpointing=s.checkpointing)
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+def _gib(n: int) -> str:
+    if n < GIB:
+        return f"{n / 2**20:.0f} MiB"
+    return f"{n / GIB:.2f} GiB" if n < 10 * GIB else f"{n / GIB:.1f} GiB"
+
+
+def _count(n: int) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}"
+    return str(n)
+
+
+def format_plan(plan: Plan, params=None) -> str:
+    """The plan as a table a person reads in five seconds: quantities down, stages across."""
+    m = plan.model
+    head = (f"model {m.name or m.model_type}: {m.model_type}, {_count(m.n_params)} parameters, "
+            f"{m.num_layers} layers x {m.hidden_size}, vocab {m.vocab_size}\n"
+            f"device {plan.device.description} ({'bf16' if plan.device.dtype_bytes == 2 else 'float32'}"
+            f" weights), {_gib(plan.budget)} usable ({USABLE_FRACTION:.0%}), "
+            f"{plan.processes} process(es); per process:")
+    auto_m = params is not None and params.micro_batch_size == "auto"
+    auto_c = params is not None and getattr(params, "gradient_checkpointing", None) == "auto"
+    rows = [
+        ("parameters", lambda s: _count(s.params)),
+        ("trainable", lambda s: _count(s.trainable) if s.trainable else "-"),
+        ("tokens / step", lambda s: f"{s.tokens_per_step:,}"),
+        ("micro-batch", lambda s: f"{s.micro_batch_size}" + (
+            " (auto)" if auto_m and s.stage != "inference" else "")),
+        ("checkpointing", lambda s: "-" if s.stage == "inference" else (
+            "on" if s.checkpointing else "off") + (" (auto)" if auto_c else "")),
+        ("weights", lambda s: _gib(s.weights)),
+        ("gradients", lambda s: _gib(s.gradients)),
+        ("optimizer state", lambda s: _gib(s.optimizer)),
+        ("activations", lambda s: _gib(s.activations)),
+        ("  per micro, no ckpt", lambda s: _gib(s.activations_no_ckpt)),
+        ("  per micro, ckpt", lambda s: _gib(s.activations_ckpt) if s.activations_ckpt
+         else "-"),
+        ("logits", lambda s: _gib(s.logits)),
+        ("KV cache", lambda s: _gib(s.kv_cache)),
+        ("runtime", lambda s: _gib(s.runtime)),
+        *([("allocator (CPU)", lambda s: _gib(s.allocator))]
+          if plan.device.kind == "cpu" else []),
+        ("PEAK", lambda s: _gib(s.peak)),
+        ("fits", lambda s: ("yes" if s.peak <= plan.budget else "NO")
+         + f" ({s.peak / plan.device.memory:.0%})"),
+    ]
+    cells = [[label] + [fn(s) for s in plan.stages] for label, fn in rows]
+    header = [""] + [s.stage for s in plan.stages]
+    widths = [max(len(r[i]) for r in [header, *cells]) for i in range(len(header))]
+    lines = [head, "  ".join(h.rjust(w) if i else h.ljust(w)
+                             for i, (h, w) in enumerate(zip(header, widths, strict=True)))]
+    for r in cells:
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w)
+                               for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    notes = [f"{s.stage}: {n}" for s in plan.stages for n in s.notes]
+    return "\n".join(lines + notes)
+
+
+# -- what a stage asks for, `auto` resolved (called by the stages themselves) ----------------
+
+def _budget(processes: int) -> tuple[Device, int]:
+    """The device and the bytes one process may use (CPU processes share the RAM)."""
+    dev = detect_device()
+    share = processes if dev.kind == "cpu" else 1
+    return dev, int(dev.memory * USABLE_FRACTION) // share
+
+
+def _explicit(micro, ckpt, local: int) -> tuple[int, bool] | None:
+    if micro == "auto" or ckpt == "auto":
+        return None
+    return min(micro or local, local), bool(ckpt)
+
+
+def reward_settings(cfg, base: str, processes: int) -> tuple[int, bool]:
+    """(micro-batch, checkpointing) of the reward stage (a `reward.RewardConfig`)."""
+    local = cfg.batch_size // processes
+    chosen = _explicit(cfg.micro_batch_size, cfg.gradient_checkpointing, local)
+    if chosen:
+        return chosen
+    shape, (dev, budget) = load_shape(base, cfg.trust_remote_code), _budget(processes)
+    p, t = cfg.prompt_sequence_length, cfg.target_sequence_length
+    m, c, _ = choose(lambda m, c: reward_memory(shape, cfg.reward_lora_dim, cfg.batch_size,
+                                                m, p, t, dev, c),
+                     local, cfg.micro_batch_size or local, cfg.gradient_checkpointing, budget)
+    return m, c
+
+
+def policy_settings(cfg, processes: int) -> tuple[int, bool]:
+    """(micro-batch, checkpointing) of the PPO stage (a `policy.PolicyConfig`); the
+    reward model's shape and sharing are read from RUN/reward_model."""
+    from rlhfkit.models import resolve_model_reference
+    from rlhfkit.policy_model import read_reward_info, same_model
+
+    local = cfg.batch_size // processes
+    mini = max(1, local // cfg.num_minibatches)
+    chosen = _explicit(cfg.micro_batch_size, cfg.gradient_checkpointing, mini)
+    if chosen:
+        return chosen
+    shape, (dev, budget) = load_shape(cfg.large_model_reference,
+                                      cfg.trust_remote_code), _budget(processes)
+    info = read_reward_info(cfg.reward_dir)
+    shares = (cfg.policy_lora_dim > 0 and info.lora_dim > 0
+              and same_model(info.base_model, resolve_model_reference(cfg.large_model_reference)))
+    reward_shape = shape if shares else load_shape(
+        info.base_model if info.lora_dim else str(info.path), cfg.trust_remote_code)
+    p, t = cfg.prompt_sequence_length, cfg.target_sequence_length
+
+    def fn(m: int, c: bool) -> StageMemory:
+        return policy_memory(shape, reward_shape, cfg.policy_lora_dim, info.lora_dim, shares,
+                             cfg.kl_coeff, cfg.batch_size, m, p, t, dev, c)
+
+    m, c, _ = choose(fn, mini, cfg.micro_batch_size or mini, cfg.gradient_checkpointing,
+                     budget)
+    return m, c
+
+
+def probe_micro(micro: int, try_step, device) -> int:
+    """On CUDA, confirm `micro` with one forward + backward at the longest lengths
+    (`try_step(m)`, gradients discarded by the caller), halving on out-of-memory: the plan
+    is an estimate, the allocator has the last word. Elsewhere `micro` as planned (an
+    out-of-memory on CPU is the kernel's OOM killer, which cannot be caught)."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return micro
+    while True:
+        try:
+            try_step(micro)
+            return micro
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            if micro == 1:
+                raise RlhfkitError("out of GPU memory with micro_batch_size 1; try "
+                                   "gradient_checkpointing: true, LoRA or a larger GPU"
+                                   ) from None
+            micro = math.ceil(micro / 2)
+            from rlhfkit import log
+
+            log.notice(f"out of GPU memory in the probe step: micro_batch_size -> {micro}")
+
+
+def reward_probe(model, pairs, micro: int, pad_id: int, optimizer) -> None:
+    """One forward + backward of the reward model on the `micro` longest training pairs
+    (gradients discarded): the probe step of `micro_batch_size: auto`."""
+    import torch
+
+    from rlhfkit.models import left_pad
+    from rlhfkit.reward_data import pair_batch
+
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs.chosen[i]) + len(pairs.rejected[i]))
+    part = pairs.subset(order[-micro:])
+    batch = pair_batch(part, pad_id) or left_pad(part.chosen + part.rejected, pad_id)
+    device = next(model.parameters()).device
+    scores = model(**{k: v.to(device) for k, v in batch.items()})
+    (scores.sum() * 0).backward()
+    optimizer.zero_grad(set_to_none=True)
+    del scores
+    torch.cuda.empty_cache()
+
+
+def policy_probe(roles, micro: int, prompt_len: int, target_len: int, optimizer) -> None:
+    """One PPO update's forward + backward passes (policy logits, then values) on `micro`
+    rows of the longest shape (P + T tokens; the ids do not matter for memory)."""
+    import torch
+
+    device = next(roles.parameters()).device
+    vocab = roles.lm.get_input_embeddings().num_embeddings
+    ids = torch.randint(0, vocab, (micro, prompt_len + target_len), device=device)
+    mask = torch.ones_like(ids)
+    logits = roles.logits(ids, mask, target_len)
+    (torch.log_softmax(logits.float(), -1).mean() * 0).backward()
+    del logits
+    (roles.values(ids, mask, target_len).sum() * 0).backward()
+    optimizer.zero_grad(set_to_none=True)
+    torch.cuda.empty_cache()
+
+
+def fit_memory(cfg, roles, optimizer, accelerator):
+    """The PPO config with micro_batch_size and gradient_checkpointing decided (`auto`
+    resolved by the plan, on CUDA confirmed by a probe step) and checkpointing turned on
+    in the policy model when chosen."""
+    from rlhfkit.training import enable_gradient_checkpointing
+
+    micro, ckpt = policy_settings(cfg, accelerator.num_processes)
+    if ckpt:
+        enable_gradient_checkpointing(roles.lm)
+    if cfg.micro_batch_size == "auto":
+        micro = probe_micro(micro, lambda m: policy_probe(
+            roles, m, cfg.prompt_sequence_length, cfg.target_sequence_length, optimizer),
+            accelerator.device)
+    if cfg.micro_batch_size is None and not ckpt:
+        micro = None  # unchanged: the whole batch / minibatch per pass
+    # The PipelineParams are the one home of both keys: the stage's copy gets the resolved values.
+    return replace(cfg, params=replace(cfg.params, micro_batch_size=micro,
+                                       gradient_checkpointing=ckpt))
+
+
+def check_memory(params, force: bool = False, processes: int = 1) -> Plan:
+    """Print the plan before a run; refuse (one message saying what to change) when a
+    stage will not fit, unless `force`."""
+    from rlhfkit import log
+
+    p = make_plan(params, processes=processes)
+    log.info(format_plan(p, params))
+    problems = p.problems()
+    if problems and not force:
+        raise RlhfkitError("this run will not fit in memory:\n" + "\n".join(problems)
+                           + "\n(`rlhfkit run --force` starts it anyway; the estimate is "
+                           "documented in docs/gpu.md)")
+    for line in problems:
+        log.warn(f"--force: {line}")
+    return p
