@@ -119,6 +119,7 @@ def pairs_from_models(model: str, model_b: str | None, prompts: str, instruction
     import torch
 
     from rlhfkit import infer
+    from rlhfkit.params import PipelineParams
     from rlhfkit.data import load_dataset, prompt_text
 
     if model_b is None and temperature <= 0:
@@ -131,10 +132,11 @@ def pairs_from_models(model: str, model_b: str | None, prompts: str, instruction
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     answers, names = [], []
     for k, (ref, s) in enumerate([(model, seed), (model_b or model, seed + 1)]):
-        cfg = infer.Config(model=ref, eval_dataset=prompts, output="-", instruction=instruction,
-                           prompt_sequence_length=prompt_sequence_length,
-                           target_sequence_length=target_sequence_length,
-                           temperature=temperature, seed=s)
+        params = PipelineParams(instruction=instruction,
+                                prompt_sequence_length=prompt_sequence_length,
+                                target_sequence_length=target_sequence_length,
+                                inference_temperature=temperature, seed=s)
+        cfg = infer.Config(model=ref, eval_dataset=prompts, output="-", params=params)
         cfg.validate()
         if k == 0 or model_b is not None:
             tokenizer, lm = infer.load_model(cfg, device)
