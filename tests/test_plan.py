@@ -275,21 +275,19 @@ def test_ppo_micro_batches_give_the_same_update(tiny_model_dirs, tmp_path):
     after = []
     roll = None
     for micro in (None, 1):
-        cfg = policy.PolicyConfig(
+        cfg = policy.PolicyConfig(PipelineParams(
             large_model_reference=str(base), prompt_dataset=str(prompts),
-            output_dir=str(tmp_path / f"run{micro}"), reward_model_dir=str(rm),
             prompt_sequence_length=16, target_sequence_length=6, batch_size=4,
             num_minibatches=2, ppo_epochs=2, micro_batch_size=micro,
-            reinforcement_learning_rate_multiplier=20)
+            reinforcement_learning_rate_multiplier=20),
+            output_dir=str(tmp_path / f"run{micro}"), reward_model_dir=str(rm))
         t = policy.build_trainer(cfg, training.make_accelerator())
         if roll is None:  # one rollout for both: sampling order depends on micro-batching
             query = models.encode_prompts(t.roles.tokenizer, t.local_batch(), 16)
-            roll = policy.rollout(t, query, 1)
-            adv, ret = pm.gae(pm.penalized_rewards(roll["scores"], torch.zeros_like(
-                roll["logprobs"]), roll["mask"], 0.1), roll["values"], roll["mask"], 1, 0.95)
-            adv = pm.whiten(adv, roll["mask"])
+            roll = policy.rollout(t.roles, t.cfg, query, 1, None)
         torch.manual_seed(3)
-        stats = policy.ppo_update(t, roll, adv, ret, 1)
+        kl = pm.kl_per_token(roll.logprobs, roll.ref_logprobs, "k1")
+        stats = policy.ppo_step(t, roll, kl, 1)
         after.append((stats, {n: p.detach().clone()
                               for n, p in t.roles.trainable_parameters().items()}))
     (s_all, w_all), (s_one, w_one) = after
@@ -307,6 +305,6 @@ def test_reward_stage_with_auto_micro_and_checkpointing(tmp_path, tiny_llama_dir
         gradient_checkpointing=True), quiet=True)
     cfg = reward.RewardConfig.from_params(params, tmp_path / "run")
     cfg.progress = False
-    assert plan.reward_settings(cfg, str(tiny_llama_dir), 1) == (8, True)
+    assert plan.reward_settings(cfg.params, str(tiny_llama_dir), 1) == (8, True)
     out = reward.run(cfg)
     assert (Path(out["reward_model_dir"]) / "DONE").is_file()

@@ -119,8 +119,8 @@ def pairs_from_models(model: str, model_b: str | None, prompts: str, instruction
     import torch
 
     from rlhfkit import infer
-    from rlhfkit.params import PipelineParams
     from rlhfkit.data import load_dataset, prompt_text
+    from rlhfkit.params import PipelineParams
 
     if model_b is None and temperature <= 0:
         raise RlhfkitError("two answers of one model need sampling: give --temperature > 0, "

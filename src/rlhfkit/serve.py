@@ -115,10 +115,12 @@ def load_served(cfg: ServeConfig) -> Served:
     import torch
 
     from rlhfkit import export, infer
+    from rlhfkit.params import PipelineParams
 
     src = export.resolve_source(cfg.source)
     icfg = infer.Config(model=src.full_dir or src.model, adapter=src.adapter,
-                        eval_dataset="", output="", trust_remote_code=cfg.trust_remote_code)
+                        eval_dataset="", output="",
+                        params=PipelineParams(trust_remote_code=cfg.trust_remote_code))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer, model = infer.load_model(icfg, device)
     name = cfg.model_name or _default_name(cfg.source)

@@ -156,10 +156,12 @@ def generate_rows(model, tokenizer, rows: list[Row]) -> None:
 
     from rlhfkit.infer import Config, _generation_config
     from rlhfkit.models import left_pad
+    from rlhfkit.params import PipelineParams
 
     first = rows[0]
-    cfg = Config(model="", eval_dataset="", output="", temperature=first.temperature,
-                 target_sequence_length=max(r.max_tokens for r in rows))
+    cfg = Config(model="", eval_dataset="", output="", params=PipelineParams(
+        inference_temperature=first.temperature,
+        target_sequence_length=max(r.max_tokens for r in rows)))
     gen_cfg = _generation_config(tokenizer, model, cfg)
     if first.temperature > 0 and first.top_p < 1:
         gen_cfg.top_p = first.top_p
