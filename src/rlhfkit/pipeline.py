@@ -120,7 +120,7 @@ def _marked_stage(stage: Stage, work) -> str:
     return "ran"
 
 
-STAGE_DIRS = ("reward_model", "policy", "infer_base", "infer_tuned")
+STAGE_DIRS = ("reward_model", "policy", "infer_base", "infer_tuned", "deploy")
 
 
 def forget_finished(run: Path) -> None:
