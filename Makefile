@@ -27,8 +27,12 @@ install: $(STAMP)
 
 # The main job on the offline demo world: data -> model -> pipeline -> report.
 # A second `make demo` reuses the data, the model and every finished pipeline stage.
+# The run is pinned as `rlhfkit demo model` pins its build: 2 torch threads and AVX2 kernels
+# (threads and instruction set change float summation order), so its figures are the same
+# on any x86-64 machine with AVX2, whatever its core count.
+DEMO_PIN := OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 demo: $(DEMO)/data/world.json $(DEMO)/model/config.json
-	$(BIN)/rlhfkit run examples/demo/params.json --output-dir $(DEMO)/run
+	$(DEMO_PIN) $(BIN)/rlhfkit run examples/demo/params.json --output-dir $(DEMO)/run
 
 $(DEMO)/data/world.json: | $(STAMP)
 	$(BIN)/rlhfkit demo data $(DEMO)/data

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
 
+from conftest_policy import make_reward_model, write_prompts  # noqa: E402
 from tiny_models import ARCHITECTURES, build_tiny_model  # noqa: E402
 
 COURSE_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "course_samples"
@@ -59,3 +60,21 @@ def tiny_model_dir(request, tiny_model_dirs) -> Path:
 @pytest.fixture
 def tiny_llama_dir(tiny_model_dirs) -> Path:
     return tiny_model_dirs["llama"]
+
+
+# The policy tests' reward models and prompts (test_policy, test_rl_methods).
+@pytest.fixture(scope="module")
+def reward_models(tiny_model_dirs, tmp_path_factory):
+    """{arch: reward-model directory}, a LoRA seq-cls adapter on the tiny base."""
+    root = tmp_path_factory.mktemp("reward_models")
+
+    class Lazy(dict):
+        def __missing__(self, arch):
+            self[arch] = make_reward_model(tiny_model_dirs[arch], root / arch)
+            return self[arch]
+    return Lazy()
+
+
+@pytest.fixture(scope="module")
+def prompts(tmp_path_factory) -> Path:
+    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl")

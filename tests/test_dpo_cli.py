@@ -14,15 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_run import RLHFKIT, cli_env, demo_world, rlhfkit
 from conftest_reward import preference_records, read_scalars, write_jsonl
 
 from rlhfkit import dpo
 from rlhfkit.params import PipelineParams
 
 pytestmark = pytest.mark.slow
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-       "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-RLHFKIT = [sys.executable, "-m", "rlhfkit"]
 
 
 def _weights(policy_dir: Path) -> dict:
@@ -46,7 +44,7 @@ def test_killed_train_dpo_resumes_to_the_same_weights(tmp_path, tiny_llama_dir):
 
     run = tmp_path / "killed"
     proc = subprocess.Popen([*RLHFKIT, "train-dpo", str(params_file), "--output-dir", str(run)],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180  # generous: the machine may be busy
     while not list((run / "policy").glob("checkpoint-*")) and proc.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint within 180 s"
@@ -69,20 +67,9 @@ def test_killed_train_dpo_resumes_to_the_same_weights(tmp_path, tiny_llama_dir):
     assert steps == list(range(1, 121))  # each step once, the killed run's tail purged
 
 
-def _rlhfkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*RLHFKIT, *args], capture_output=True, text=True, env=ENV, timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rlhfkit {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-    return proc
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("dpo_pipeline")
-    _rlhfkit("demo", "data", str(root / "data"), "--preference-size", "24",
-             "--prompt-size", "8", "--eval-size", "6")
-    return {"root": root, "data": root / "data", "model": tiny_model_dirs["llama"]}
+    return demo_world(tmp_path_factory.mktemp("dpo_pipeline"), tiny_model_dirs["llama"], 8)
 
 
 def _params(world, name: str, **overrides) -> Path:
@@ -103,7 +90,7 @@ def _params(world, name: str, **overrides) -> Path:
 @pytest.mark.parametrize("reward_steps", [0, 2])
 def test_run_with_tuning_method_dpo(world, reward_steps):
     run = world["root"] / f"run{reward_steps}"
-    proc = _rlhfkit("run", str(_params(world, f"p{reward_steps}",
+    proc = rlhfkit("run", str(_params(world, f"p{reward_steps}",
                                        reward_model_train_steps=reward_steps)),
                     "--output-dir", str(run))
     assert "Traceback" not in proc.stderr
@@ -115,14 +102,14 @@ def test_run_with_tuning_method_dpo(world, reward_steps):
     assert (run / "comparison.csv").is_file() and (run / "report.html").is_file()
     assert "3 DPO steps" in proc.stderr and "gold win rate of tuned over base" in proc.stderr
     assert ("win rate of tuned over base (reward model)" in proc.stderr) == (reward_steps > 0)
-    again = _rlhfkit("run", str(_params(world, f"p{reward_steps}",
+    again = rlhfkit("run", str(_params(world, f"p{reward_steps}",
                                         reward_model_train_steps=reward_steps)),
                      "--output-dir", str(run))
     assert "train_dpo skipped" in again.stderr
 
 
 def test_bad_dpo_parameter_is_one_line(world):
-    proc = _rlhfkit("train-dpo", str(_params(world, "bad", dpo_loss="hinge")),
+    proc = rlhfkit("train-dpo", str(_params(world, "bad", dpo_loss="hinge")),
                     "--output-dir", str(world["root"] / "bad"), check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "dpo_loss must be one of sigmoid, ipo, got 'hinge'" in proc.stderr
@@ -144,7 +131,7 @@ def test_two_processes_follow_the_one_process_run(tmp_path, tiny_llama_dir):
     torchrun = Path(sys.executable).parent / "torchrun"
     two = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m",
                           "rlhfkit", "train-dpo", str(params_file), "--output-dir",
-                          str(tmp_path / "two")], env=ENV, capture_output=True, text=True,
+                          str(tmp_path / "two")], env=cli_env(), capture_output=True, text=True,
                          timeout=180)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 process(es)" in two.stderr

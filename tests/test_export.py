@@ -70,6 +70,17 @@ def test_unfinished_run_and_non_model_are_one_line_errors(tmp_path, tiny_llama_d
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("where", ["a_file", "under_a_file"])
+def test_export_output_that_cannot_be_a_directory_fails_before_loading(tmp_path, where):
+    # Before: a file as -o was replaced with --overwrite, and a path under a file raised
+    # NotADirectoryError from mkdtemp after the source was resolved.
+    (tmp_path / "f").write_text("mine")
+    out = tmp_path / "f" if where == "a_file" else tmp_path / "f" / "model"
+    with pytest.raises(RlhfkitError, match="is a file, not a directory"):
+        export.export(tmp_path / "no-such-run", out, overwrite=True)
+    assert (tmp_path / "f").read_text() == "mine"
+
+
 def test_export_cli(tmp_path, tiny_llama_dir):
     from typer.testing import CliRunner
 

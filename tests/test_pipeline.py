@@ -7,40 +7,20 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
+from cli_run import RLHFKIT, cli_env, demo_world, rlhfkit
 
 from rlhfkit.params import PipelineParams
 
 pytestmark = pytest.mark.slow
-RLHFKIT = [sys.executable, "-m", "rlhfkit"]
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("RANK", None)
-    return env
-
-
-def rlhfkit(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([*RLHFKIT, *args], capture_output=True, text=True, env=_env(),
-                          timeout=300)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rlhfkit {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_model_dirs) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("pipeline")
-    rlhfkit("demo", "data", str(root / "data"), "--preference-size", "24",
-            "--prompt-size", "16", "--eval-size", "6")
-    return {"root": root, "data": root / "data", "model": tiny_model_dirs["llama"]}
+    return demo_world(tmp_path_factory.mktemp("pipeline"), tiny_model_dirs["llama"])
 
 
 def write_params(world, name: str, **overrides) -> Path:
@@ -123,7 +103,7 @@ def test_killed_run_resumes_and_finishes(world):
     params = write_params(world, "kill", reinforcement_learning_train_steps=40)
     run = world["root"] / "run_kill"
     proc = subprocess.Popen([*RLHFKIT, "run", str(params), "--output-dir", str(run)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=cli_env())
     try:
         deadline = time.monotonic() + 180
         while not list((run / "policy").glob("checkpoint-*")):

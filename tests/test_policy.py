@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_policy import make_reward_model, write_prompts
 
 from rlhfkit import policy
 from rlhfkit import ppo_math as pm
@@ -29,23 +28,6 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = dict(prompt_sequence_length=16, target_sequence_length=6, batch_size=4,
             ppo_epochs=2, num_minibatches=2, micro_batch_size=2, checkpoint_every_steps=50,
             reinforcement_learning_train_steps=2)
-
-
-@pytest.fixture(scope="module")
-def reward_models(tiny_model_dirs, tmp_path_factory):
-    """{arch: reward-model directory}, a LoRA seq-cls adapter on the tiny base."""
-    root = tmp_path_factory.mktemp("reward_models")
-
-    class Lazy(dict):
-        def __missing__(self, arch):
-            self[arch] = make_reward_model(tiny_model_dirs[arch], root / arch)
-            return self[arch]
-    return Lazy()
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> Path:
-    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl")
 
 
 def make_config(run: Path, base: Path, reward: Path, prompts: Path, **kw) -> policy.PolicyConfig:

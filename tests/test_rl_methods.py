@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest_policy import make_reward_model, write_prompts
 from test_policy import TINY, changed, lora_weights, make_config
 from typer.testing import CliRunner
 
@@ -21,23 +20,6 @@ from rlhfkit.models import encode_prompts
 from rlhfkit.params import PipelineParams
 from rlhfkit.policy_model import build_roles
 from rlhfkit.training import make_accelerator
-
-
-@pytest.fixture(scope="module")
-def reward_models(tiny_model_dirs, tmp_path_factory):
-    """{arch: reward-model directory}, a LoRA seq-cls adapter on the tiny base."""
-    root = tmp_path_factory.mktemp("reward_models")
-
-    class Lazy(dict):
-        def __missing__(self, arch):
-            self[arch] = make_reward_model(tiny_model_dirs[arch], root / arch)
-            return self[arch]
-    return Lazy()
-
-
-@pytest.fixture(scope="module")
-def prompts(tmp_path_factory) -> Path:
-    return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl")
 
 
 def _batch(roles, n_new: int = 6):

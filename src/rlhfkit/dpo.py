@@ -51,9 +51,6 @@ from rlhfkit.ppo_math import logprobs_from_logits
 from rlhfkit.reward_data import encode_prompt_ids, encode_response_ids, epoch_order, global_batch
 
 STAGE_DIR, LOGS_DIR = "policy", "dpo-logs"  # RUN/policy: where infer and compare look
-META_FILE = "rlhfkit.json"
-MAX_GRAD_NORM = 1.0
-KEEP_CHECKPOINTS = 2
 REFERENCE_FILE = "reference_logps.safetensors"  # in each checkpoint
 
 
@@ -78,10 +75,9 @@ class DPOConfig:
     @property
     def learning_rate(self) -> float:
         """The policy stage's base rates (LoRA / full tuning) times the multiplier."""
-        from rlhfkit.policy import FULL_LEARNING_RATE, LORA_LEARNING_RATE
+        from rlhfkit.policy import policy_learning_rate
 
-        base = LORA_LEARNING_RATE if self.policy_lora_dim > 0 else FULL_LEARNING_RATE
-        return base * self.reinforcement_learning_rate_multiplier
+        return policy_learning_rate(self.params)
 
     @property
     def kl_coeff(self) -> None:
@@ -148,13 +144,7 @@ def pair_layout(pairs: PreferencePairs, pad_id: int) -> dict[str, torch.Tensor]:
     response_mask (2n, T): the responses, right-padded, rows < n the chosen, the rest the
     rejected (row i continues prompt i mod n)."""
     prompt = models.left_pad(pairs.prompt, pad_id)
-    responses = pairs.chosen + pairs.rejected
-    width = max(len(r) for r in responses)
-    ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(responses), width), dtype=torch.long)
-    for i, r in enumerate(responses):
-        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, :len(r)] = 1
+    ids, mask = models.right_pad(pairs.chosen + pairs.rejected, pad_id)
     return {"prompt_ids": prompt["input_ids"], "prompt_mask": prompt["attention_mask"],
             "response_ids": ids, "response_mask": mask}
 
@@ -271,10 +261,7 @@ def train_step(model, optimizer, scheduler, accelerator, pairs: PreferencePairs,
             accelerator.backward(loss.sum() / n)
         logps.append(lp.detach())
         losses.append(loss.detach())
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = training.optimizer_step(accelerator, model, optimizer, scheduler)
     lp, ref = torch.cat(logps, 1).cpu(), pairs.reference.T
     return {"loss": torch.cat(losses).mean().item(), "grad_norm": float(grad_norm),
             **dpo_math.dpo_statistics(lp[0], lp[1], ref[0], ref[1], beta)}
@@ -301,7 +288,7 @@ def save_checkpoint(stage: Path, step: int, policy: Policy, optimizer, scheduler
         state = {"step": step, "config_hash": h, "rng": runstate.rng_state()}
         (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
 
-    return runstate.save_checkpoint(stage, step, write, keep=KEEP_CHECKPOINTS)
+    return runstate.save_checkpoint(stage, step, write)
 
 
 def resume(stage: Path, h: str, policy: Policy, optimizer, scheduler, accelerator
@@ -363,7 +350,7 @@ def run(cfg: DPOConfig) -> dict[str, Any]:
     h = runstate.config_hash(cfg.weights_key(base, runstate.config_hash({"pairs": records})))
     if runstate.is_done(stage / "DONE", h):
         log.info(f"dpo: {stage} is done with these parameters; skipping")
-        return _outputs(cfg, json.loads((stage / META_FILE).read_text()), True, None)
+        return _outputs(cfg, json.loads((stage / runstate.META_FILE).read_text()), True, None)
     accelerator = training.make_accelerator()
     world, total = accelerator.num_processes, cfg.reinforcement_learning_train_steps
     if cfg.batch_size % world:

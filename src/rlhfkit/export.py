@@ -30,9 +30,9 @@ from pathlib import Path
 
 from rlhfkit import log
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.io import atomic_write_json
+from rlhfkit.io import atomic_write_json, check_output_dir
+from rlhfkit.runstate import META_FILE  # what training knew: instruction, lengths, base model
 
-META_FILE = "rlhfkit.json"  # what training knew: instruction, lengths, base model
 MODEL_DIR = "model"  # RUN/model/: where deploy_model writes the export
 DEPLOY_DONE = Path("deploy") / "DONE"  # RUN/deploy/DONE: which policy RUN/model/ came from
 
@@ -160,8 +160,8 @@ def export(source: str | Path, output_dir: str | Path, overwrite: bool = False,
 
     Returns {"output_dir", "how": "linked" | "merged", "seconds", "bytes"}."""
     t0 = time.monotonic()
-    out = Path(output_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    out = check_output_dir(output_dir)  # a file, a path under a file, unwritable: one line
+    if out.exists() and any(out.iterdir()) and not overwrite:
         raise RlhfkitError(f"{out}: exists and is not empty; pass --overwrite to replace it")
     src = resolve_source(source)
     out.parent.mkdir(parents=True, exist_ok=True)

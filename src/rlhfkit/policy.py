@@ -69,6 +69,13 @@ ADAM_EPS = 1e-5  # lm-human-preferences
 LOGS_DIR = "reinforcer-logs"
 
 
+def policy_learning_rate(params: PipelineParams) -> float:
+    """The policy's rate (RL and DPO): the base rate of LoRA or full tuning times
+    `reinforcement_learning_rate_multiplier`, as Vertex scales its reinforcer's rate."""
+    base = LORA_LEARNING_RATE if params.policy_lora_dim > 0 else FULL_LEARNING_RATE
+    return base * params.reinforcement_learning_rate_multiplier
+
+
 # What the policy stage's outputs depend on, of the pipeline's parameters (its DONE hash).
 POLICY_KEYS = (
     "large_model_reference", "prompt_dataset", "instruction", "prompt_sequence_length",
@@ -127,8 +134,7 @@ class PolicyConfig:
 
     @property
     def learning_rate(self) -> float:
-        base = LORA_LEARNING_RATE if self.policy_lora_dim > 0 else FULL_LEARNING_RATE
-        return base * self.reinforcement_learning_rate_multiplier
+        return policy_learning_rate(self.params)
 
     @property
     def k(self) -> int:

@@ -73,7 +73,6 @@ from rlhfkit.reward_model import (  # noqa: F401 (re-exported: rlhfkit.reward.Re
 BASE_LR_LORA = 1e-4
 BASE_LR_FULL = 1e-5
 WEIGHT_DECAY = 0.0  # none: few steps, and the LoRA delta / head start at small values
-MAX_GRAD_NORM = 1.0  # global L2 norm the gradient is clipped to before each step
 # Held-out evaluations per run (plus one at the last step) when eval_every_steps is None:
 # enough points for a TensorBoard curve; each one scores every held-out pair twice.
 EVALS_PER_RUN = 8
@@ -180,10 +179,7 @@ def train_step(model, optimizer, scheduler, accelerator, pairs: Pairs, micro: in
             accelerator.backward(bradley_terry_loss(c, r).sum() / n)
         r_c.append(c.detach())
         r_r.append(r.detach())
-    grad_norm = accelerator.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
+    grad_norm = training.optimizer_step(accelerator, model, optimizer, scheduler)
     c, r = torch.cat(r_c), torch.cat(r_r)
     return {"rank_loss": bradley_terry_loss(c, r).mean().item(),
             "accuracy": pair_accuracy(c, r).mean().item(),

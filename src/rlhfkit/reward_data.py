@@ -158,12 +158,7 @@ def pair_batch(pairs: Pairs, pad_id: int) -> dict[str, torch.Tensor] | None:
     prefix = models.left_pad([c[:k] for c, k in zip(pairs.chosen, cut, strict=True)], pad_id)
     tails = ([c[k:] for c, k in zip(pairs.chosen, cut, strict=True)]
              + [r[k:] for r, k in zip(pairs.rejected, cut, strict=True)])
-    width = max(len(t) for t in tails)
-    suffix_ids = torch.full((len(tails), width), pad_id, dtype=torch.long)
-    suffix_mask = torch.zeros((len(tails), width), dtype=torch.long)
-    for i, t in enumerate(tails):
-        suffix_ids[i, :len(t)] = torch.tensor(t, dtype=torch.long)
-        suffix_mask[i, :len(t)] = 1
+    suffix_ids, suffix_mask = models.right_pad(tails, pad_id)
     return {"input_ids": prefix["input_ids"], "attention_mask": prefix["attention_mask"],
             "suffix_ids": suffix_ids, "suffix_mask": suffix_mask}
 

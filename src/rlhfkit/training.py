@@ -55,6 +55,19 @@ def warmup_decay_schedule(optimizer: torch.optim.Optimizer, total_steps: int,
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+MAX_GRAD_NORM = 1.0  # global L2 norm the gradient is clipped to before each step
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler) -> float:
+    """Clip the accumulated gradient to MAX_GRAD_NORM, step the optimizer and the schedule,
+    clear the gradient. Returns the norm before clipping."""
+    grad_norm = accelerator.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
 def reduce_mean(accelerator, values: dict[str, float]) -> dict[str, float]:
     """Average scalar metrics over processes (a no-op with one process)."""
     if accelerator.num_processes == 1 or not values:
