@@ -131,3 +131,27 @@ def ensure_world(data_dir: str, models: dict[str, str], steps_3m: int) -> None:
             extra = ["--steps", str(steps_3m)] if preset == "bench-3m" else []
             subprocess.run([rlhfkit, "demo", "model", path, "--preset", preset,
                             "--threads", "1", *extra], check=True)
+
+
+def trl_preference_rows(data_dir: str, tokenizer) -> list[dict]:
+    """The demo world's preference pairs as TRL's explicit-prompt rows (prompt rendered as
+    rlhfkit renders it, so both sides see the same text)."""
+    from rlhfkit.data import load_dataset, prompt_text
+
+    recs = load_dataset(str(Path(data_dir) / "preference.jsonl"), "preference")
+    return [{"prompt": prompt_text(r, INSTRUCTION, tokenizer),
+             "chosen": r[f"candidate_{r['choice']}"],
+             "rejected": r[f"candidate_{1 - r['choice']}"]} for r in recs]
+
+
+def start_parent(a, models: dict[str, str]) -> tuple[dict[str, str], Path, dict]:
+    """The models asked for (`a.models`), built if missing, the work dir and machine info
+    (printed): the first lines of every comparison's parent."""
+    models = {k: v for k, v in models.items() if k in a.models}
+    ensure_world(a.data, models, a.pretrain_steps_3m)
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    info = machine()
+    print(json.dumps(info), flush=True)
+    return models, work, info
+

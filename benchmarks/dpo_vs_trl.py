@@ -78,13 +78,8 @@ def child_trl(a) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    from rlhfkit.data import load_dataset, prompt_text
-
     tok = AutoTokenizer.from_pretrained(a.model)
-    recs = load_dataset(str(Path(a.data) / "preference.jsonl"), "preference")
-    rows = [{"prompt": prompt_text(r, B.INSTRUCTION, tok),
-             "chosen": r[f"candidate_{r['choice']}"],
-             "rejected": r[f"candidate_{1 - r['choice']}"]} for r in recs]
+    rows = B.trl_preference_rows(a.data, tok)
     model = AutoModelForCausalLM.from_pretrained(a.model)
     # The adapter rlhfkit builds (rlhfkit.training.lora_config): alpha 2 x rank, no
     # dropout, every linear layer of the blocks.

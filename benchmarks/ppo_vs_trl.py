@@ -234,13 +234,7 @@ def side_name(side: str, method: str) -> str:
 
 
 def parent(a) -> None:
-    models = {"demo": a.demo_model, "bench-3m": a.model_3m}
-    models = {k: v for k, v in models.items() if k in a.models}
-    B.ensure_world(a.data, models, a.pretrain_steps_3m)
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    info = B.machine()
-    print(json.dumps(info), flush=True)
+    models, work, info = B.start_parent(a, {"demo": a.demo_model, "bench-3m": a.model_3m})
     common = ["--data", a.data, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
               "--prompt-len", str(a.prompt_len), "--response-len", str(a.response_len),
               "--ppo-epochs", str(a.ppo_epochs), "--minibatches", str(a.minibatches),

@@ -73,13 +73,8 @@ def child_trl(a) -> dict:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
     from trl import RewardConfig, RewardTrainer
 
-    from rlhfkit.data import load_dataset, prompt_text
-
     tok = AutoTokenizer.from_pretrained(a.model)
-    recs = load_dataset(str(Path(a.data) / "preference.jsonl"), "preference")
-    rows = [{"prompt": prompt_text(r, B.INSTRUCTION, tok),
-             "chosen": r[f"candidate_{r['choice']}"],
-             "rejected": r[f"candidate_{1 - r['choice']}"]} for r in recs]
+    rows = B.trl_preference_rows(a.data, tok)
     model = AutoModelForSequenceClassification.from_pretrained(a.model, num_labels=1)
     # The same adapter rlhfkit builds (rlhfkit.training.lora_config): rank 4, alpha 8, no
     # dropout, every linear layer of the blocks; task SEQ_CLS trains the score head in full.
@@ -114,13 +109,7 @@ def child_trl(a) -> dict:
 
 
 def parent(a) -> None:
-    models = {"demo": a.demo_model, "bench-3m": a.model_3m}
-    models = {k: v for k, v in models.items() if k in a.models}
-    B.ensure_world(a.data, models, a.pretrain_steps_3m)
-    work = Path(a.work)
-    work.mkdir(parents=True, exist_ok=True)
-    info = B.machine()
-    print(json.dumps(info), flush=True)
+    models, work, info = B.start_parent(a, {"demo": a.demo_model, "bench-3m": a.model_3m})
     common = ["--data", a.data, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
               "--prompt-len", str(a.prompt_len), "--target-len", str(a.target_len)]
     rows, raw, loads = [], {}, []

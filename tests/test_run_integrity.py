@@ -166,6 +166,28 @@ def test_second_process_stops_at_once_naming_the_holder(tmp_path):
         assert f"PID {os.getpid()} " in (run / ".lock").read_text()
 
 
+def test_infer_into_a_run_directory_takes_its_lock(tmp_path):
+    # Before: `rlhfkit infer -o RUN/eval_results_tuned.jsonl` wrote while `rlhfkit run`
+    # worked in RUN. A plain folder (no params.json) gets no lock file.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "params.json").write_text("{}")
+    (tmp_path / "eval.jsonl").write_text('{"input_text": "a"}\n')
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(run)], stdout=subprocess.PIPE,
+                              text=True, env=_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = one_line_error(rlhfkit("infer", str(tmp_path / "eval.jsonl"), "--model",
+                                      str(tmp_path / "no-model"), "-o",
+                                      str(run / "eval_results_tuned.jsonl"), check=False))
+        assert f"PID {holder.pid} on " in line, line
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    with runstate.lock_if_run_dir(tmp_path):
+        assert not (tmp_path / ".lock").exists()
+
+
 def test_lock_is_reentrant_within_a_process(tmp_path):
     with runstate.run_lock(tmp_path), runstate.run_lock(tmp_path):
         pass

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -329,6 +330,7 @@ def infer_cmd(
     """Bulk inference (Vertex's Bulk Inferrer): one prediction per eval prompt."""
     from rlhfkit import infer
     from rlhfkit.params import PipelineParams
+    from rlhfkit.runstate import lock_if_run_dir
 
     # Options left out keep PipelineParams' defaults (declared there, once).
     given = {"instruction": instruction, "prompt_sequence_length": prompt_sequence_length,
@@ -336,8 +338,9 @@ def infer_cmd(
              "inference_temperature": temperature, "seed": seed,
              "trust_remote_code": trust_remote_code}
     params = PipelineParams(**{k: v for k, v in given.items() if v is not None})
-    infer.run(infer.Config(model=model, adapter=adapter, eval_dataset=eval_dataset,
-                           output=output, params=params, batch_size=batch_size))
+    with lock_if_run_dir(Path(output).absolute().parent):
+        infer.run(infer.Config(model=model, adapter=adapter, eval_dataset=eval_dataset,
+                               output=output, params=params, batch_size=batch_size))
 
 
 @app.command("compare")

@@ -202,6 +202,24 @@ def train_policy(
                         dirs_exist_ok=True)
 
 
+def run_infer(p: dict, model: list[str], output: str) -> None:
+    """`rlhfkit infer` of the eval dataset with `model` (the --model / --adapter flags) and
+    the resolved parameters `p`, in a child process; exits the component on failure. Both
+    infer components call it (imported inside them: components run in the image)."""
+    import subprocess
+    import sys
+
+    flags = ["--prompt-sequence-length", str(p["prompt_sequence_length"]),
+             "--target-sequence-length", str(p["target_sequence_length"]),
+             "--temperature", str(p["inference_temperature"]), "--seed", str(p["seed"])]
+    flags += ["--instruction", p["instruction"]] if p["instruction"] else []
+    flags += ["--trust-remote-code"] if p["trust_remote_code"] else []
+    code = subprocess.run([sys.executable, "-m", "rlhfkit", "infer", *model, *flags,
+                           p["eval_dataset"], "-o", output]).returncode
+    if code:
+        sys.exit(f"rlhfkit infer failed (exit code {code})")
+
+
 def infer_tuned(
     parameters: dsl.Input[dsl.Artifact],
     policy: dsl.Input[dsl.Model],
@@ -210,8 +228,8 @@ def infer_tuned(
     """`rlhfkit infer` with the tuned policy: eval_results_tuned.jsonl (Vertex's format)."""
     import json
     import os
-    import subprocess
-    import sys
+
+    from rlhfkit.kfp_pipeline import run_infer
 
     with open(parameters.path, encoding="utf-8") as f:
         p = json.load(f)
@@ -220,15 +238,7 @@ def infer_tuned(
         model = ["--model", p["large_model_reference"], "--adapter", policy.path]
     else:
         model = ["--model", policy.path]
-    flags = ["--prompt-sequence-length", str(p["prompt_sequence_length"]),
-             "--target-sequence-length", str(p["target_sequence_length"]),
-             "--temperature", str(p["inference_temperature"]), "--seed", str(p["seed"])]
-    flags += ["--instruction", p["instruction"]] if p["instruction"] else []
-    flags += ["--trust-remote-code"] if p["trust_remote_code"] else []
-    code = subprocess.run([sys.executable, "-m", "rlhfkit", "infer", *model, *flags,
-                           p["eval_dataset"], "-o", eval_results_tuned.path]).returncode
-    if code:
-        sys.exit(f"rlhfkit infer failed (exit code {code})")
+    run_infer(p, model, eval_results_tuned.path)
 
 
 def infer_base(
@@ -237,21 +247,12 @@ def infer_base(
 ):
     """`rlhfkit infer` with the base model: eval_results_untuned.jsonl, the baseline."""
     import json
-    import subprocess
-    import sys
+
+    from rlhfkit.kfp_pipeline import run_infer
 
     with open(parameters.path, encoding="utf-8") as f:
         p = json.load(f)
-    flags = ["--prompt-sequence-length", str(p["prompt_sequence_length"]),
-             "--target-sequence-length", str(p["target_sequence_length"]),
-             "--temperature", str(p["inference_temperature"]), "--seed", str(p["seed"])]
-    flags += ["--instruction", p["instruction"]] if p["instruction"] else []
-    flags += ["--trust-remote-code"] if p["trust_remote_code"] else []
-    code = subprocess.run([sys.executable, "-m", "rlhfkit", "infer",
-                           "--model", p["large_model_reference"], *flags,
-                           p["eval_dataset"], "-o", eval_results_untuned.path]).returncode
-    if code:
-        sys.exit(f"rlhfkit infer failed (exit code {code})")
+    run_infer(p, ["--model", p["large_model_reference"]], eval_results_untuned.path)
 
 
 def compare(

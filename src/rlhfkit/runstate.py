@@ -368,3 +368,13 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
     finally:
         del _HELD[key]
         os.close(fd)  # releases the flock; the file stays (unlinking would race a waiter)
+
+
+def lock_if_run_dir(directory: str | Path):
+    """`run_lock(directory)` when it is a run directory (it holds params.json), else no
+    lock: a stage command writing into a run (`infer -o RUN/eval_results_tuned.jsonl`)
+    must not race `rlhfkit run`, but a plain folder gets no `.lock` file left in it."""
+    if (Path(directory) / "params.json").is_file():
+        return run_lock(directory)
+    return contextlib.nullcontext()
+
