@@ -318,3 +318,36 @@ def test_pipeline_runs_end_to_end_with_kfp_local(tmp_path, tiny_llama_dir):
     assert job.outputs["model_resource_name"] == str(model)
     assert job.outputs["endpoint_resource_name"] == ""
     assert (model / "config.json").is_file() and not (model / "adapter_config.json").exists()
+
+
+@pytest.mark.parametrize("method", ["rlhf", "dpo"])
+def test_policy_component_runs_the_stage_of_the_tuning_method(tmp_path, monkeypatch, method):
+    # Before: the compiled pipeline ran train-policy whatever tuning_method said.
+    import subprocess
+
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({"tuning_method": method}))
+    calls = []
+
+    def fake_run(cmd, **kw):
+        calls.append(cmd)
+        run = Path(cmd[cmd.index("--output-dir") + 1])
+        (run / "policy").mkdir()
+        (run / "policy" / "adapter_model.safetensors").write_bytes(b"x")
+        return SimpleNamespace(returncode=0)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    art = {k: SimpleNamespace(path=str(tmp_path / k)) for k in ("rm", "policy", "logs")}
+    kp.train_policy(SimpleNamespace(path=str(params)), art["rm"], art["policy"], art["logs"])
+    stage = calls[0][3]
+    assert stage == ("train-dpo" if method == "dpo" else "train-policy")
+    assert ("--reward-model" in calls[0]) == (method == "rlhf")
+    assert (tmp_path / "policy" / "adapter_model.safetensors").exists()
+
+
+def test_dpo_without_a_reward_model_is_refused_at_compile(tmp_path):
+    values = {**COURSE_PARAMS, "tuning_method": "dpo", "reward_model_train_steps": 0}
+    with pytest.raises(RlhfkitError, match="reward_model_train_steps > 0"):
+        _compile(tmp_path, values)
+    assert not (tmp_path / "rlhf_pipeline.yaml").exists()
+

@@ -182,24 +182,29 @@ def train_policy(
     policy: dsl.Output[dsl.Model],
     reinforcer_logs: dsl.Output[dsl.Artifact],
 ):
-    """`rlhfkit train-policy`: PPO against the reward model; the tuned adapter (or model)."""
+    """`rlhfkit train-policy` (PPO / RLOO / GRPO against the reward model) or, with
+    tuning_method dpo, `rlhfkit train-dpo` (on the preference pairs): the tuned adapter
+    (or model) and its TensorBoard logs."""
+    import json
     import os
     import shutil
     import subprocess
     import sys
     import tempfile
 
+    with open(parameters.path, encoding="utf-8") as f:
+        dpo = json.load(f).get("tuning_method") == "dpo"
+    command, logs = (["train-dpo"], "dpo-logs") if dpo else \
+        (["train-policy", "--reward-model", reward_model.path], "reinforcer-logs")
     with tempfile.TemporaryDirectory(prefix="rlhfkit-run-") as run:  # the stage's RUN
-        code = subprocess.run([sys.executable, "-m", "rlhfkit", "train-policy",
-                               parameters.path, "--output-dir", run,
-                               "--reward-model", reward_model.path]).returncode
+        code = subprocess.run([sys.executable, "-m", "rlhfkit", command[0], parameters.path,
+                               "--output-dir", run, *command[1:]]).returncode
         if code:
-            sys.exit(f"rlhfkit train-policy failed (exit code {code})")
+            sys.exit(f"rlhfkit {command[0]} failed (exit code {code})")
         shutil.copytree(os.path.join(run, "policy"), policy.path, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("checkpoint-*"))
-        os.makedirs(os.path.join(run, "reinforcer-logs"), exist_ok=True)
-        shutil.copytree(os.path.join(run, "reinforcer-logs"), reinforcer_logs.path,
-                        dirs_exist_ok=True)
+        os.makedirs(os.path.join(run, logs), exist_ok=True)
+        shutil.copytree(os.path.join(run, logs), reinforcer_logs.path, dirs_exist_ok=True)
 
 
 def run_infer(p: dict, model: list[str], output: str) -> None:
@@ -453,6 +458,11 @@ def compile_pipeline(params: PipelineParams, output: str | Path, image: str = DE
         raise RlhfkitError("--image must name a container image, e.g. rlhfkit:latest")
     if accelerator_count < 1:
         raise RlhfkitError(f"--accelerator-count must be >= 1, got {accelerator_count}")
+    if params.tuning_method == "dpo" and params.reward_model_train_steps == 0:
+        # Its compare step scores both columns with the reward model (`rlhfkit run` can
+        # skip it: it has no fixed DAG).
+        raise RlhfkitError("a compiled pipeline with tuning_method dpo trains the reward "
+                           "model too: set reward_model_train_steps > 0, or use rlhfkit run")
     output = Path(output)
     tmp = output.with_name(f".{output.name}.compiling.yaml")
     try:
