@@ -176,6 +176,7 @@ def generate(model, tokenizer, prompts: list[str], cfg: Config,
              done: dict[int, str] | None = None, on_batch=None) -> list[str]:
     """Predictions for `prompts`, in their order. `done` holds predictions already made
     (by index); `on_batch(indices, texts)` is called after every batch."""
+    from rlhfkit.generate import decode
     from rlhfkit.models import encode_prompts
 
     done = dict(done or {})
@@ -194,8 +195,13 @@ def generate(model, tokenizer, prompts: list[str], cfg: Config,
             enc = encode_prompts(tokenizer, [prompts[i] for i in batch],
                                  cfg.params.prompt_sequence_length)
             enc = {k: v.to(device) for k, v in enc.items()}
-            out = model.generate(**enc, generation_config=gen_cfg)
-            texts = decode_new_tokens(tokenizer, out[:, enc["input_ids"].shape[1]:], eos_ids)
+            if model.config.is_encoder_decoder:
+                new = model.generate(**enc, generation_config=gen_cfg)
+            else:  # rows leave the batch as they end (rlhfkit.generate): same greedy tokens
+                new = decode(model, enc["input_ids"], enc["attention_mask"],
+                             gen_cfg.max_new_tokens, eos_ids, tokenizer.pad_token_id,
+                             cfg.temperature)
+            texts = decode_new_tokens(tokenizer, new, eos_ids)
             done.update(zip(batch, texts, strict=True))
             if on_batch is not None:
                 on_batch(batch, texts)
