@@ -156,8 +156,7 @@ def exercise(path: Path, raw: bytes, kind: str | None) -> str:
             json.dumps(rec, ensure_ascii=False).encode("utf-8")
             if "input_text" in rec or "messages" in rec:
                 prompt_text(rec, "Summarize.").encode("utf-8")
-        table, lines = data_tools.format_stats(data_tools.dataset_stats(loaded.records),
-                                               data_tools.describe(loaded))
+        table, lines = data_tools.stats(str(path), kind)  # `rlhfkit data stats`
         Console(file=io.StringIO(), width=100).print(table, *lines)
         data_tools.inspect_record(str(path), 0).encode("utf-8")
         return "ok"

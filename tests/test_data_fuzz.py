@@ -31,3 +31,12 @@ def test_every_seed_record_is_valid(tmp_path, i):
     # ever explore the refusal path.
     import json
     assert exercise(tmp_path / "seed.jsonl", json.dumps(SEEDS[i]).encode(), None) == "ok"
+
+
+def test_stats_of_a_prompt_file_with_unchecked_pair_fields(tmp_path):
+    # Found by benchmarks/fuzz_data.py: a prompt dataset keeps extra keys unchecked, and
+    # `rlhfkit data stats --kind prompt` then split a null candidate_0 (AttributeError).
+    import json
+    raw = json.dumps({"input_text": "A post", "candidate_0": None, "candidate_1": "two",
+                      "choice": 1}).encode()
+    assert exercise(tmp_path / "p.jsonl", raw, "prompt") == "ok"

@@ -130,12 +130,21 @@ def _distribution(values: list[int]) -> dict:
             "p90": float(np.percentile(x, 90)), "max": int(x.max())}
 
 
-def dataset_stats(records: list[dict]) -> dict:
-    """Rows, word-length distributions, choice balance, length bias, duplicate prompts."""
+def checked_pairs(loaded: Loaded) -> bool:
+    """Whether `loaded`'s records were validated as preference pairs: a prompt dataset
+    keeps extra keys unchecked, so its `candidate_0` may be anything (even null)."""
+    return loaded.kind == "preference" or (loaded.kind == "eval"
+                                           and has_preferences(loaded.records))
+
+
+def dataset_stats(records: list[dict], pairs: bool | None = None) -> dict:
+    """Rows, word-length distributions, choice balance, length bias, duplicate prompts.
+    `pairs`: the records are validated preference pairs (`checked_pairs`); None: they
+    are when they carry preference fields (records from `load_dataset(..., "preference")`)."""
     prompts = [prompt_of(r) for r in records]
     words = {"prompt": [len(p.split()) for p in prompts]}
     out: dict = {"rows": len(records), "words": words}
-    if has_preferences(records):
+    if has_preferences(records) if pairs is None else pairs:
         for key in ("candidate_0", "candidate_1"):
             words[key] = [len(r[key].split()) for r in records]
         chosen = [r[f"candidate_{r['choice']}"] for r in records]
@@ -181,7 +190,8 @@ def format_stats(stats: dict, title: str):
 
 def stats(spec: str, kind: str | None = None):
     loaded = load_checked(spec, kind)
-    return format_stats(dataset_stats(loaded.records), f"{spec}: {describe(loaded)}")
+    return format_stats(dataset_stats(loaded.records, checked_pairs(loaded)),
+                        f"{spec}: {describe(loaded)}")
 
 
 # -- compare ---------------------------------------------------------------------------------
