@@ -207,24 +207,6 @@ def train_policy(
         shutil.copytree(os.path.join(run, logs), reinforcer_logs.path, dirs_exist_ok=True)
 
 
-def run_infer(p: dict, model: list[str], output: str) -> None:
-    """`rlhfkit infer` of the eval dataset with `model` (the --model / --adapter flags) and
-    the resolved parameters `p`, in a child process; exits the component on failure. Both
-    infer components call it (imported inside them: components run in the image)."""
-    import subprocess
-    import sys
-
-    flags = ["--prompt-sequence-length", str(p["prompt_sequence_length"]),
-             "--target-sequence-length", str(p["target_sequence_length"]),
-             "--temperature", str(p["inference_temperature"]), "--seed", str(p["seed"])]
-    flags += ["--instruction", p["instruction"]] if p["instruction"] else []
-    flags += ["--trust-remote-code"] if p["trust_remote_code"] else []
-    code = subprocess.run([sys.executable, "-m", "rlhfkit", "infer", *model, *flags,
-                           p["eval_dataset"], "-o", output]).returncode
-    if code:
-        sys.exit(f"rlhfkit infer failed (exit code {code})")
-
-
 def infer_tuned(
     parameters: dsl.Input[dsl.Artifact],
     policy: dsl.Input[dsl.Model],
@@ -234,7 +216,7 @@ def infer_tuned(
     import json
     import os
 
-    from rlhfkit.kfp_pipeline import run_infer
+    from rlhfkit.kfp_steps import run_infer
 
     with open(parameters.path, encoding="utf-8") as f:
         p = json.load(f)
@@ -253,7 +235,7 @@ def infer_base(
     """`rlhfkit infer` with the base model: eval_results_untuned.jsonl, the baseline."""
     import json
 
-    from rlhfkit.kfp_pipeline import run_infer
+    from rlhfkit.kfp_steps import run_infer
 
     with open(parameters.path, encoding="utf-8") as f:
         p = json.load(f)
