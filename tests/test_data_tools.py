@@ -190,7 +190,7 @@ def test_dataset_stats_by_hand():
     recs = [{"input_text": "one two", "candidate_0": "a b c", "candidate_1": "d", "choice": 0},
             {"input_text": "one two", "candidate_0": "a", "candidate_1": "b c", "choice": 1},
             {"input_text": "x y z w", "candidate_0": "a b", "candidate_1": "c", "choice": 1}]
-    s = dataset_stats(recs)
+    s = dataset_stats(recs, pairs=True)
     assert s["rows"] == 3 and s["choice"] == {0: 1, 1: 2}
     # prompt words 2, 2, 4: median 2, mean 8/3, p90 = 2 + 0.8 * (4 - 2) (linear interpolation)
     assert s["distributions"]["prompt"] == {"min": 2, "median": 2, "mean": pytest.approx(8 / 3),

@@ -11,7 +11,7 @@ import torch
 from conftest_policy import make_reward_model, write_prompts
 from conftest_reward import preference_records, write_params
 
-from rlhfkit import models, plan, policy, reward, reward_data, training
+from rlhfkit import models, plan, plan_fit, policy, reward, reward_data, training
 from rlhfkit import ppo_math as pm
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.params import PipelineParams
@@ -305,6 +305,6 @@ def test_reward_stage_with_auto_micro_and_checkpointing(tmp_path, tiny_llama_dir
         gradient_checkpointing=True), quiet=True)
     cfg = reward.RewardConfig.from_params(params, tmp_path / "run")
     cfg.progress = False
-    assert plan.reward_settings(cfg.params, str(tiny_llama_dir), 1) == (8, True)
+    assert plan_fit.reward_settings(cfg.params, str(tiny_llama_dir), 1) == (8, True)
     out = reward.run(cfg)
     assert (Path(out["reward_model_dir"]) / "DONE").is_file()

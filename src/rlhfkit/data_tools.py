@@ -137,14 +137,13 @@ def checked_pairs(loaded: Loaded) -> bool:
                                            and has_preferences(loaded.records))
 
 
-def dataset_stats(records: list[dict], pairs: bool | None = None) -> dict:
-    """Rows, word-length distributions, choice balance, length bias, duplicate prompts.
-    `pairs`: the records are validated preference pairs (`checked_pairs`); None: they
-    are when they carry preference fields (records from `load_dataset(..., "preference")`)."""
+def dataset_stats(records: list[dict], pairs: bool) -> dict:
+    """Rows, word-length distributions, duplicate prompts; with `pairs` (the records are
+    validated preference pairs, `checked_pairs`) also choice balance and length bias."""
     prompts = [prompt_of(r) for r in records]
     words = {"prompt": [len(p.split()) for p in prompts]}
     out: dict = {"rows": len(records), "words": words}
-    if has_preferences(records) if pairs is None else pairs:
+    if pairs:
         for key in ("candidate_0", "candidate_1"):
             words[key] = [len(r[key].split()) for r in records]
         chosen = [r[f"candidate_{r['choice']}"] for r in records]

@@ -42,7 +42,7 @@ from rlhfkit import rl_math as rl
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.models import encode_prompts, pick_dtype
 from rlhfkit.params import PipelineParams
-from rlhfkit.plan import fit_memory
+from rlhfkit.plan_fit import fit_memory
 from rlhfkit.policy_files import META_FILE, STAGE_DIR, resume, save_state, write_outputs
 from rlhfkit.policy_model import Roles, build_roles
 from rlhfkit.policy_rollout import PromptOrder, Rollout, format_samples, micro_slices, rollout

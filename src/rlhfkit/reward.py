@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit import log, models, plan, runstate, training
+from rlhfkit import log, models, plan_fit, runstate, training
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.params import PipelineParams
 from rlhfkit.reward_data import (
@@ -317,7 +317,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     if cfg.params.batch_size % world:
         raise RlhfkitError(f"batch_size ({cfg.params.batch_size}) must be divisible by the number "
                            f"of processes ({world}): every process takes an equal share")
-    micro, ckpt = plan.reward_settings(cfg.params, base, world)  # "auto" resolved by the plan
+    micro, ckpt = plan_fit.reward_settings(cfg.params, base, world)  # "auto" resolved by the plan
     runstate.seed_everything(cfg.params.seed)  # same LoRA / head initialisation on every rank
     tokenizer = models.load_tokenizer(base, cfg.params.trust_remote_code)
     pad_id = tokenizer.pad_token_id
@@ -340,7 +340,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
     if cfg.params.micro_batch_size == "auto":  # on CUDA: one probe step, halving on OOM
-        micro = plan.probe_micro(micro, lambda m: plan.reward_probe(
+        micro = plan_fit.probe_micro(micro, lambda m: plan_fit.reward_probe(
             model, train, m, pad_id, optimizer), accelerator.device)
     main = accelerator.is_main_process
     log.info(f"reward model: base {base}, "
