@@ -133,3 +133,19 @@ def test_verdict_only_when_the_interval_excludes_a_tie():
     assert verdict({"win_rate_ci_low": 0.5, "win_rate_ci_high": 0.6}, "") == (
         ": no clear difference")  # a boundary at 0.5 is not "excludes"
     assert verdict({}, "gold_") == ""  # no gold scores: say nothing
+
+
+def test_banner_and_summary_name_the_method():
+    from rlhfkit.pipeline import Outcome, method_name, summary_lines
+
+    def name(**kw):
+        return method_name(PipelineParams(**kw))
+
+    assert name() == "PPO (value model separate)"  # the defaults: PPO, LoRA rank 1
+    assert name(value_model="shared") == "PPO (value model shared)"
+    assert name(policy_lora_dim=0) == "PPO (value head on the policy's trunk)"
+    assert name(rl_algorithm="rloo") == "RLOO" and name(rl_algorithm="grpo") == "GRPO"
+    assert name(tuning_method="dpo", rl_algorithm="grpo") == "DPO"  # dpo wins over rl_algorithm
+    out = Outcome(run_dir=Path("RUN"), policy={"steps": 7, "final_kl": 0.5, "final_score": 1.0})
+    text = "\n".join(summary_lines(out, PipelineParams(rl_algorithm="rloo")))
+    assert "7 steps of RLOO" in text and "PPO" not in text

@@ -281,7 +281,8 @@ def train_policy(
     reward_model: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="A reward model directory other than RUN/reward_model.")] = None,
 ) -> None:
-    """Tune the policy with PPO against the reward model (Vertex's reinforcer).
+    """Tune the policy with PPO, RLOO or GRPO (rl_algorithm) against the reward model
+    (Vertex's reinforcer).
 
     Multi-process: torchrun --nproc_per_node N -m rlhfkit train-policy PARAMS ...
     """
@@ -390,7 +391,8 @@ def run_cmd(
     force: Annotated[bool, typer.Option(
         "--force", help="Start even when the memory plan says a stage will not fit.")] = False,
 ) -> None:
-    """Run the whole pipeline: validate, reward model, PPO, bulk inference, compare.
+    """Run the whole pipeline: validate, reward model, PPO / RLOO / GRPO (or DPO), bulk
+    inference, compare.
 
     Running it again skips finished stages and resumes an interrupted one. One process at
     a time per run directory (RUN/.lock). Prints the memory plan first (`rlhfkit plan`)."""

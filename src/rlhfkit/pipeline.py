@@ -1,8 +1,10 @@
 """The whole pipeline on one machine, resumable: the local counterpart of Vertex's
 `rlhf_pipeline` and of `aiplatform.PipelineJob(...).run()`.
 
-    validate ─► train_reward ─► train_policy ─► infer(tuned) ─┐
-            └──────────────────────────────────► infer(base) ─┴─► compare ─► deploy
+    validate ─► train_reward ─► train_policy (ppo | rloo | grpo) ─► infer(tuned) ─┐
+            │               or ─► train_dpo (tuning_method: dpo) ─┘               │
+            └─────────────────────────────────────────────────► infer(base) ──────┴─►
+                                                                     compare ─► deploy
 
 Every stage writes its outputs, then a `DONE` marker holding the hash of everything it
 depends on (parameters, data, and the markers of the stages before it). Running the same
@@ -100,6 +102,18 @@ def validate(params: PipelineParams) -> dict[str, int]:
     return counts
 
 
+def method_name(params: PipelineParams) -> str:
+    """The tuning method as the logs name it: "DPO", "RLOO", "GRPO", or "PPO" with its value
+    model ("separate" / "shared" apply with LoRA only: full tuning always shares the trunk)."""
+    if params.tuning_method == "dpo":
+        return "DPO"
+    if params.rl_algorithm != "ppo":
+        return params.rl_algorithm.upper()
+    if params.policy_lora_dim == 0:
+        return "PPO (value head on the policy's trunk)"
+    return f"PPO (value model {params.value_model})"
+
+
 def _stage(n: int, name: str, what: str) -> None:
     log.info(f"\n[{n}/{len(STAGES)}] {name}: {what}")
 
@@ -178,8 +192,11 @@ def _run_stages(params: PipelineParams, run: Path, force: bool = False) -> Outco
         out.policy = dpo.run(dpo.DPOConfig(params, str(run)))
         out.stages["train_dpo"] = _status(out.policy)
     else:
-        _stage(3, "train_policy", f"PPO, {params.reinforcement_learning_train_steps} steps on "
-               f"{counts['prompt']} prompts, kl_coeff {params.kl_coeff}")
+        k = params.generations_per_prompt
+        _stage(3, "train_policy", f"{method_name(params)}, "
+               f"{params.reinforcement_learning_train_steps} steps of {params.batch_size} of "
+               f"{counts['prompt']} prompts" + (f" x {k} responses" if k > 1 else "")
+               + f", kl_coeff {params.kl_coeff}")
         pcfg = policy.PolicyConfig.from_params(params, run)
         out.policy = policy.run(pcfg)
         out.stages["train_policy"] = _status(out.policy)
@@ -333,8 +350,8 @@ def summary_lines(out: Outcome, params: PipelineParams) -> list[str]:
                      f"{_fmt(out.policy.get('final_loss'))}, reward accuracy "
                      f"{_fmt(out.policy.get('final_reward_accuracy'))} (last batch)")
     elif out.policy:
-        lines.append(f"policy: {out.policy.get('steps', '?')} PPO steps, final KL to the "
-                     f"base {_fmt(out.policy.get('final_kl'))} nats, final reward "
+        lines.append(f"policy: {out.policy.get('steps', '?')} steps of {method_name(params)}, "
+                     f"final KL to the base {_fmt(out.policy.get('final_kl'))} nats, final reward "
                      f"{_fmt(out.policy.get('final_score'))}")
     c = out.comparison
     if c:
