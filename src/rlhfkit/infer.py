@@ -12,7 +12,8 @@ the same on local hardware:
    (`data.prompt_text`), truncating from the LEFT to `prompt_sequence_length` tokens so
    the end of a long post and its `[summary]: ` cue survive (`models.encode_prompts`);
 2. sort prompts by token length and generate in batches (left-padded, KV-cached
-   `model.generate`), greedy by default as Vertex's bulk inferrer, at most
+   `model.generate`; for an encoder-decoder such as Flan-T5 the prompt is the encoder's
+   input and the decoder writes the prediction), greedy by default as Vertex's bulk inferrer, at most
    `target_sequence_length` new tokens, stopping at EOS;
 3. restore input order and write the output atomically.
 
@@ -195,7 +196,10 @@ def generate(model, tokenizer, prompts: list[str], cfg: Config,
                                  cfg.params.prompt_sequence_length)
             enc = {k: v.to(device) for k, v in enc.items()}
             out = model.generate(**enc, generation_config=gen_cfg)
-            texts = decode_new_tokens(tokenizer, out[:, enc["input_ids"].shape[1]:], eos_ids)
+            # causal: the new tokens follow the prompt; encoder-decoder (the prompt is the
+            # encoder's input): they follow the decoder start token
+            start = 1 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
+            texts = decode_new_tokens(tokenizer, out[:, start:], eos_ids)
             done.update(zip(batch, texts, strict=True))
             if on_batch is not None:
                 on_batch(batch, texts)
