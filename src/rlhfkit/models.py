@@ -237,3 +237,11 @@ def left_pad(seqs: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
             input_ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
             mask[i, width - len(s):] = 1
     return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def decoder_inputs(labels: torch.Tensor, start_id: int) -> torch.Tensor:
+    """An encoder-decoder's decoder input ids for target ids `labels` (B, T): the start
+    token, then the targets shifted right by one (T5's `_shift_right`), so position t
+    reads labels[:, :t] and predicts labels[:, t]. (B, T) -> (B, T)."""
+    start = torch.full_like(labels[:, :1], start_id)
+    return torch.cat([start, labels[:, :-1]], 1)
