@@ -90,3 +90,162 @@ def test_t5_reward_model_trains_and_round_trips(tiny_t5_dir, tmp_path, lora_dim)
     assert reward.pair_accuracy(c, r).mean().item() == pytest.approx(result["eval_accuracy"])
     assert reward.bradley_terry_loss(c, r).mean().item() == pytest.approx(
         result["eval_rank_loss"], abs=1e-5)
+
+
+# -- RL: the roles on an encoder-decoder ------------------------------------------------------
+
+def make_t5_reward_model(base: Path, out: Path, lora_dim: int = 4) -> Path:
+    """RUN/reward_model/ as the reward stage writes it, with random (non-zero) weights."""
+    import json
+
+    tok, model = _scalar_t5(base, lora_dim)
+    model.model.save_pretrained(str(out))
+    tok.save_pretrained(str(out))
+    meta = {"kind": "reward_model", "base_model": str(Path(base).resolve()),
+            "lora_dim": lora_dim, "instruction": None, "prompt_sequence_length": 16,
+            "target_sequence_length": 8, "append_eos": True}
+    (out / "rlhfkit.json").write_text(json.dumps(meta))
+    return out
+
+
+@pytest.fixture(scope="module")
+def t5_reward(tiny_model_dirs, tmp_path_factory) -> Path:
+    return make_t5_reward_model(tiny_model_dirs["t5"], tmp_path_factory.mktemp("t5_rm"))
+
+
+def _roles(tiny_t5_dir, t5_reward, value_model="separate", lora_dim=2, temperature=1.0):
+    from rlhfkit.policy_model import build_roles
+
+    roles = build_roles(str(tiny_t5_dir), t5_reward, lora_dim, True, temperature=temperature,
+                        value_model=value_model)
+    with torch.no_grad():  # a policy that differs from the reference and a non-zero V
+        for n, p in roles.lm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+        if roles.value_head is not None:
+            roles.value_head.weight.normal_(0, 0.3)
+    return roles
+
+
+@pytest.mark.parametrize("value_model", ["separate", "shared"])
+def test_t5_rollout_logprobs_values_equal_teacher_forced_forward(tiny_t5_dir, t5_reward,
+                                                                 value_model):
+    # The sampler (encoder once, KV-cached decoder) and the teacher-forced passes PPO
+    # trains with agree on every decoder token's logprob, entropy and value; the reference
+    # (adapters off) is the plain checkpoint's teacher-forced forward.
+    from rlhfkit import ppo_math as pm
+
+    roles = _roles(tiny_t5_dir, t5_reward, value_model, temperature=0.7)
+    q = models.encode_prompts(roles.tokenizer, ["a", "a much longer prompt about my dog"], 16)
+    torch.manual_seed(0)
+    out = roles.sample(q["input_ids"], q["attention_mask"], 8, with_values=True)
+    ids = torch.cat([q["input_ids"], out.tokens], 1)
+    attn = torch.cat([q["attention_mask"], torch.ones_like(out.tokens)], 1)
+    width = out.tokens.shape[1]
+    mask = pm.response_mask(out.tokens, roles.eos_ids)
+    with torch.no_grad():
+        logits = roles.logits(ids, attn, width)
+        ref = roles.logits(ids, attn, width, reference=True)
+        plain = models.load_causal_lm(str(tiny_t5_dir)).eval()
+        dec = torch.cat([torch.zeros_like(out.tokens[:, :1]), out.tokens[:, :-1]], 1)
+        want_ref = plain(**q, decoder_input_ids=dec).logits / 0.7
+        values = roles.values(ids, attn, width)
+    assert torch.allclose(pm.logprobs_from_logits(logits, out.tokens) * mask,
+                          out.logprobs * mask, atol=1e-4)
+    assert torch.allclose(pm.entropy_from_logits(logits) * mask, out.entropy * mask, atol=1e-4)
+    assert torch.allclose(ref, want_ref, atol=1e-4)
+    assert not torch.allclose(logits, ref, atol=1e-3)
+    if value_model == "shared":  # the sampler's decoder states give the rollout's values
+        _, v = roles.policy_and_values(ids, attn, width)
+        assert torch.allclose(out.values * mask, v * mask, atol=1e-4)
+        assert torch.allclose(values, v, atol=1e-5)
+    # The reward model scores (prompt -> encoder, response + EOS -> decoder)
+    reward_in = roles.reward_inputs(q["input_ids"], q["attention_mask"], out.tokens, mask)
+    alone = reward.RewardScorer.load(t5_reward, device="cpu")
+    prompts = [r[m.bool()].tolist() for r, m in zip(q["input_ids"], q["attention_mask"],
+                                                     strict=True)]
+    answers = [r[m.bool()].tolist() for r, m in zip(out.tokens, mask, strict=True)]
+    assert torch.allclose(roles.scores(**reward_in), alone.score_ids(prompts, answers),
+                          atol=1e-5)
+
+
+@pytest.mark.parametrize("algo,value_model", [("ppo", "separate"), ("ppo", "shared"),
+                                              ("rloo", "separate"), ("grpo", "separate")])
+def test_t5_one_rl_step_trains_the_adapters_only(tiny_t5_dir, t5_reward, tmp_path, algo,
+                                                 value_model):
+    import dataclasses
+
+    from conftest_policy import write_prompts
+
+    from rlhfkit import policy
+    from rlhfkit.training import make_accelerator
+
+    prompts = write_prompts(tmp_path / "prompts.jsonl", 8)
+    params = PipelineParams(
+        large_model_reference=str(tiny_t5_dir), prompt_dataset=str(prompts),
+        preference_dataset=str(prompts), prompt_sequence_length=16, target_sequence_length=6,
+        batch_size=4, ppo_epochs=2, num_minibatches=2, micro_batch_size=2,
+        reinforcement_learning_train_steps=2, rl_algorithm=algo, value_model=value_model,
+        **({"num_generations": 2} if algo != "ppo" else {}))
+    params.validate()
+    cfg = policy.PolicyConfig(params, str(tmp_path / "run"), reward_model_dir=str(t5_reward))
+    t = policy.build_trainer(cfg, make_accelerator())
+    trained = {n: p.detach().clone() for n, p in t.roles.trainable_parameters().items()}
+    frozen = {n: p.detach().clone() for n, p in t.roles.lm.named_parameters()
+              if "lora_" not in n}
+    stats, roll = policy.train_step(t, 1)
+    assert all(torch.isfinite(torch.tensor(v)) for v in stats.values())
+    assert "reward" in stats and "kl_loss" in stats
+    after = t.roles.trainable_parameters()
+    assert any(".policy." in n and not torch.equal(trained[n], after[n]) for n in trained)
+    if algo == "ppo":
+        assert not torch.equal(trained["value_head.weight"], after["value_head.weight"])
+        if value_model == "separate":
+            assert any(".value." in n and not torch.equal(trained[n], after[n])
+                       for n in trained)
+    assert all(torch.equal(p, dict(t.roles.lm.named_parameters())[n]) for n, p in frozen.items())
+    assert dataclasses.is_dataclass(roll) and roll.responses.shape[0] == len(roll.raw_scores)
+
+
+# -- DPO ----------------------------------------------------------------------------------------
+
+def test_t5_dpo_logprobs_are_teacher_forced_decoder_sums(tiny_t5_dir):
+    # Each response's summed log-probability given its prompt equals a one-pair
+    # teacher-forced forward (prompt -> encoder, response + EOS -> decoder targets).
+    from rlhfkit import dpo, ppo_math
+
+    tok = models.load_tokenizer(str(tiny_t5_dir))
+    lm = models.load_causal_lm(str(tiny_t5_dir)).eval()
+    pairs = dpo.encode(tok, preference_records(3), "Summarize", 24, 12)
+    with torch.no_grad():
+        got = dpo.response_logprobs(lm, **dpo.pair_layout(pairs, tok.pad_token_id))
+        for j, resp in enumerate(pairs.chosen + pairs.rejected):
+            enc = torch.tensor([pairs.prompt[j % 3]])
+            labels = torch.tensor([resp])
+            logits = lm(input_ids=enc, decoder_input_ids=lm._shift_right(labels)).logits
+            want = ppo_math.logprobs_from_logits(logits, labels).sum().item()
+            assert got[j].item() == pytest.approx(want, abs=1e-4)
+
+
+def test_t5_dpo_stage_learns_and_loads_for_inference(tmp_path, tiny_t5_dir):
+    import math
+
+    from conftest_reward import read_scalars
+
+    from rlhfkit import dpo, infer
+
+    data = write_jsonl(tmp_path / "pref.jsonl", preference_records(24))
+    params = PipelineParams.from_dict({
+        "preference_dataset": str(data), "prompt_dataset": str(data),
+        "large_model_reference": str(tiny_t5_dir), "instruction": "Summarize",
+        "tuning_method": "dpo", "reward_model_train_steps": 0,
+        "prompt_sequence_length": 24, "target_sequence_length": 12,
+        "reinforcement_learning_train_steps": 6, "batch_size": 4, "micro_batch_size": 2,
+        "reinforcement_learning_rate_multiplier": 200.0, "policy_lora_dim": 2}, quiet=True)
+    out = dpo.run(dpo.DPOConfig(params, str(tmp_path / "run")))
+    tags = read_scalars(tmp_path / "run" / "dpo-logs")
+    assert tags["loss"][0][1] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference
+    assert tags["loss"][-1][1] < math.log(2)
+    tok, model = infer.load_model(infer.Config(model=out["policy_dir"], eval_dataset="-",
+                                               output="-"), torch.device("cpu"))
+    assert model.config.is_encoder_decoder
