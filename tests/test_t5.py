@@ -249,3 +249,69 @@ def test_t5_dpo_stage_learns_and_loads_for_inference(tmp_path, tiny_t5_dir):
     tok, model = infer.load_model(infer.Config(model=out["policy_dir"], eval_dataset="-",
                                                output="-"), torch.device("cpu"))
     assert model.config.is_encoder_decoder
+
+
+# -- the whole pipeline from the CLI -------------------------------------------------------------
+
+@pytest.mark.slow
+def test_t5_run_end_to_end(tmp_path, tiny_t5_dir):
+    # `rlhfkit run` on a tiny T5: reward model -> PPO -> bulk inference (base, tuned) ->
+    # compare -> the merged model, in the same files as for a causal LM.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from rlhfkit.demo.world import DEMO_INSTRUCTION
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false")
+
+    def rlhfkit(*args):
+        proc = subprocess.run([sys.executable, "-m", "rlhfkit", *args], capture_output=True,
+                              text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return proc
+
+    data = tmp_path / "data"
+    rlhfkit("demo", "data", str(data), "--preference-size", "24", "--prompt-size", "16",
+            "--eval-size", "6")
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps({
+        "preference_dataset": str(data / "preference.jsonl"),
+        "prompt_dataset": str(data / "prompt.jsonl"), "eval_dataset": str(data / "eval.jsonl"),
+        "large_model_reference": str(tiny_t5_dir), "instruction": DEMO_INSTRUCTION,
+        "prompt_sequence_length": 96, "target_sequence_length": 8,
+        "reward_model_train_steps": 2, "reinforcement_learning_train_steps": 2,
+        "batch_size": 4, "ppo_epochs": 1}))
+    run = tmp_path / "run"
+    proc = rlhfkit("run", str(params), "--output-dir", str(run))
+    assert "Traceback" not in proc.stderr
+    for stage in ("reward_model", "policy", "infer_base", "infer_tuned"):
+        assert (run / stage / "DONE").is_file(), stage
+    for name in ("eval_results_untuned.jsonl", "eval_results_tuned.jsonl"):
+        lines = [json.loads(x) for x in (run / name).read_text().splitlines()]
+        assert len(lines) == 6 and set(lines[0]) == {"inputs", "prediction"}
+        assert lines[0]["inputs"]["inputs_pretokenized"].startswith(DEMO_INSTRUCTION)
+    assert (run / "comparison.csv").is_file() and (run / "report.html").is_file()
+    merged = json.loads((run / "model" / "config.json").read_text())
+    assert merged["is_encoder_decoder"]
+    assert "mean gold score: base " in proc.stderr
+
+
+def test_plan_reads_a_t5_shape():
+    # flan-t5-small's sizes: 8 encoder + 8 decoder blocks, 6 heads of 64, gated-GELU FF
+    # of width 1024; a decoder block has 4 + 4 attention projections and 3 FF ones.
+    from transformers import T5Config
+
+    from rlhfkit import plan
+
+    config = T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8,
+                      num_heads=6, feed_forward_proj="gated-gelu")
+    shape = plan.shape_from_config(config, "t5-small")
+    assert shape.num_layers == 16 and shape.gated_mlp and shape.intermediate_size == 1024
+    assert shape.kv_dim == 6 * 64 and len(shape.block_linears) == 11
+    # embeddings (tied to the LM head in transformers 5) 32128 x 512 = 16.45M, encoder
+    # blocks 8 x (4 x 512 x 384 + 3 x 512 x 1024) = 18.87M, decoder blocks
+    # 8 x (8 x 512 x 384 + 3 x 512 x 1024) = 25.17M: 60.49M (+ norms, position biases)
+    assert shape.n_params == pytest.approx(60.49e6, rel=0.001)
