@@ -15,7 +15,7 @@ export HF_DATASETS_OFFLINE := 1
 export HF_HUB_DISABLE_TELEMETRY := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install lint clean bench
+.PHONY: demo demo-t5 test install lint clean bench
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ $(DEMO)/data/world.json: | $(STAMP)
 
 $(DEMO)/model/config.json: | $(STAMP)
 	$(BIN)/rlhfkit demo model $(DEMO)/model
+
+# The same pipeline on an encoder-decoder (T5) demo model (docs/rl.md, "T5").
+demo-t5: $(DEMO)/data/world.json $(DEMO)/model-t5/config.json
+	$(DEMO_PIN) $(BIN)/rlhfkit run examples/demo-t5/params.json --output-dir $(DEMO)/run-t5
+
+$(DEMO)/model-t5/config.json: | $(STAMP)
+	$(BIN)/rlhfkit demo model $(DEMO)/model-t5 --arch t5
 
 # The browser tests (labeling page, report) drive the system's Chromium; install it once.
 test: $(STAMP)

@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest_policy import make_reward_model, write_prompts  # noqa: E402
-from tiny_models import ARCHITECTURES, build_tiny_model  # noqa: E402
+from tiny_models import ARCHITECTURES, build_tiny_model, build_tiny_t5  # noqa: E402
 
 COURSE_SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "course_samples"
 if not COURSE_SAMPLES.is_dir():  # CI clones the repo next to shared/
@@ -46,7 +46,8 @@ class _LazyModels(dict):
         self.root = root
 
     def __missing__(self, arch: str) -> Path:
-        path = build_tiny_model(arch, self.root / arch)
+        build = build_tiny_t5 if arch == "t5" else lambda p: build_tiny_model(arch, p)
+        path = build(self.root / arch)
         self[arch] = path
         return path
 
@@ -78,3 +79,8 @@ def reward_models(tiny_model_dirs, tmp_path_factory):
 @pytest.fixture(scope="module")
 def prompts(tmp_path_factory) -> Path:
     return write_prompts(tmp_path_factory.mktemp("prompts") / "prompts.jsonl")
+
+@pytest.fixture
+def tiny_t5_dir(tiny_model_dirs) -> Path:
+    """A tiny encoder-decoder (T5ForConditionalGeneration), built once per session."""
+    return tiny_model_dirs["t5"]

@@ -34,7 +34,7 @@ def read_jsonl(path):
     return [json.loads(line) for line in open(path)]
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "t5"])
 def test_cli_writes_vertex_lines_in_input_order(arch, tiny_model_dirs, tmp_path):
     eval_path = write_eval(tmp_path / "eval.jsonl", target_at=2)
     out = tmp_path / "run" / "eval_results_tuned.jsonl"
@@ -53,7 +53,7 @@ def test_cli_writes_vertex_lines_in_input_order(arch, tiny_model_dirs, tmp_path)
     assert not list(out.parent.glob(".*"))  # no partial / temporary file left behind
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "qwen2"])
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "gpt_neox", "qwen2", "t5"])
 def test_batched_greedy_equals_one_by_one(arch, tiny_model_dirs):
     # Left padding must not change what a prompt generates: the batch mixes lengths
     # from 2 to ~40 tokens, so most rows are padded.
@@ -181,3 +181,22 @@ def test_bad_eval_file_is_a_user_error_and_writes_nothing(tiny_llama_dir, tmp_pa
     with pytest.raises(RlhfkitError, match="batch_size"):
         infer.run(infer.Config(model=str(tiny_llama_dir), eval_dataset=str(bad),
                                output=str(out), batch_size=0))
+
+
+def test_t5_prediction_is_the_decoders_greedy_continuation(tiny_t5_dir):
+    # Encoder-decoder: the prompt is the encoder's input and the prediction is what the
+    # decoder writes after its start token (pad id 0), one argmax at a time.
+    d = str(tiny_t5_dir)
+    tok, model = models.load_tokenizer(d), models.load_causal_lm(d).eval()
+    prompt = INSTRUCTION + "\n\n\n" + POSTS[0]
+    cfg = infer.Config(model=d, eval_dataset="-", output="-", params=P(target_sequence_length=6))
+    [prediction] = infer.generate(model, tok, [prompt], cfg)
+    enc = tok([prompt], return_tensors="pt")
+    dec = torch.tensor([[model.config.decoder_start_token_id]])
+    with torch.no_grad():
+        for _ in range(6):
+            nxt = model(**enc, decoder_input_ids=dec).logits[:, -1].argmax(-1, keepdim=True)
+            if nxt.item() == tok.eos_token_id:
+                break
+            dec = torch.cat([dec, nxt], 1)
+    assert prediction == tok.decode(dec[0, 1:], skip_special_tokens=True).strip()

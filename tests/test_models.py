@@ -9,6 +9,7 @@ from rlhfkit.errors import RlhfkitError
     ("llama-2-7b", "meta-llama/Llama-2-7b-hf"),
     ("LLAMA_2_13B_CHAT", "meta-llama/Llama-2-13b-chat-hf"),
     ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-0.5B"),
+    ("t5-small", "google/flan-t5-small"), ("T5_XXL", "google/flan-t5-xxl"),
 ])
 def test_resolve_names(name, expected):
     assert models.resolve_model_reference(name) == expected
@@ -19,7 +20,7 @@ def test_resolve_local_dir(tmp_path):
 
 
 @pytest.mark.parametrize("name,words", [
-    ("t5-small", "encoder-decoder"), ("text-bison@001", "proprietary"),
+    ("text-bison@001", "proprietary"),
     ("gpt-seven", "llama-2-7b"), ("./missing-dir", "neither"),
 ])
 def test_resolve_errors(name, words):
@@ -31,6 +32,15 @@ def test_reward_reference_follows_vertex():
     assert models.reward_reference("llama-2-13b") == "llama-2-7b"
     assert models.reward_reference("llama-2-7b") == "llama-2-7b"
     assert models.reward_reference("llama-2-13b", "my/rm") == "my/rm"
+    # Vertex trains the T5 reward model from T5 1.1, not from the Flan-T5 policy
+    assert models.reward_reference("t5-large") == "google/t5-v1_1-large"
+    assert models.reward_reference("t5-xl", "my/rm") == "my/rm"
+
+
+def test_is_seq2seq_reads_the_config(tiny_t5_dir, tiny_llama_dir):
+    assert models.is_seq2seq(str(tiny_t5_dir))
+    assert not models.is_seq2seq(str(tiny_llama_dir))
+    assert type(models.load_causal_lm(str(tiny_t5_dir))).__name__ == "T5ForConditionalGeneration"
 
 
 def test_offline_hub_id_fails_fast():

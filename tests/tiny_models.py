@@ -3,7 +3,9 @@
 Each is saved with a tokenizer to a local directory and then loaded through the same path
 as a real checkpoint. Their tokenizers copy the special-token conventions that bite:
 GPT-2 and GPT-NeoX have no pad token (and BOS == EOS), Llama prepends BOS and has no pad
-token, Qwen2 has a pad token distinct from its EOS and no BOS.
+token, Qwen2 has a pad token distinct from its EOS and no BOS. The tiny T5 (`build_tiny_t5`) is
+an encoder-decoder as Flan-T5: pad id 0 is also the decoder start token, EOS `</s>` is
+appended to every encoded text, no BOS, gated-GELU feed-forward (wi_0, wi_1, wo).
 """
 
 from __future__ import annotations
@@ -84,6 +86,46 @@ def build_tiny_model(arch: str, out_dir: str | Path, seed: int = 0) -> Path:
         config.bos_token_id = tok.bos_token_id
     config.pad_token_id = tok.pad_token_id
     model = AutoModelForCausalLM.from_config(config)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return out_dir
+
+
+def build_t5_tokenizer(vocab_size: int = 320):
+    """A BPE tokenizer with T5's conventions: <pad>=0, </s>=1, <unk>=2, EOS appended."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(_CORPUS, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, padding_side="left", pad_token="<pad>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def build_t5_config(vocab_size: int, d_model: int = 32, layers: int = 2):
+    from transformers import T5Config
+
+    return T5Config(vocab_size=vocab_size, d_model=d_model, d_kv=d_model // 2,
+                    d_ff=2 * d_model, num_layers=layers, num_decoder_layers=layers, num_heads=2,
+                    feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+                    relative_attention_num_buckets=8, relative_attention_max_distance=32,
+                    pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+def build_tiny_t5(out_dir: str | Path, seed: int = 0) -> Path:
+    """Save a randomly initialised tiny T5ForConditionalGeneration + tokenizer to `out_dir`."""
+    from transformers import T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tok = build_t5_tokenizer()
+    model = T5ForConditionalGeneration(build_t5_config(len(tok)))
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)

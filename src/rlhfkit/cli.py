@@ -177,8 +177,10 @@ def demo_model(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     steps: Annotated[Optional[int], typer.Option(  # noqa: UP045 (typer needs Optional)
         help="Pretraining steps (default: the preset's).")] = None,
+    arch: Annotated[str, typer.Option(
+        help="llama (causal LM) or t5 (encoder-decoder, for examples/demo-t5).")] = "llama",
 ) -> None:
-    """Build the demo world's small Llama offline: tokenizer, pretraining, safetensors.
+    """Build the demo world's small Llama (or T5) offline: tokenizer, pretraining, safetensors.
 
     The same seed gives the same bytes on any number of cores, under any load, on any
     x86-64 machine with AVX2 (the build pins its torch threads and CPU kernels)."""
@@ -186,7 +188,7 @@ def demo_model(
     from rlhfkit.io import check_output_dir
 
     check_output_dir(output_dir)
-    code = model.build(model.Config(output_dir, preset, seed, steps))
+    code = model.build(model.Config(output_dir, preset, seed, steps, arch))
     if code:
         raise typer.Exit(code)
 

@@ -10,8 +10,10 @@ stage's base rate times `reinforcement_learning_rate_multiplier`.
 Where the time goes, and the two things that make it fast:
 
 - a pair's chosen and rejected responses continue the same prompt, so the prompt runs
-  once and its key/value cache serves both responses (`response_logprobs`); TRL's
-  DPOTrainer runs the prompt twice, once per response. The log-probabilities are those
+  once and its key/value cache serves both responses (`response_logprobs`; for an
+  encoder-decoder such as T5 the prompt is the encoder's input, run once, and both
+  responses are decoder sequences under its output); TRL's DPOTrainer runs the prompt
+  twice, once per response. The log-probabilities are those
   of the full sequences (attention is causal; a test checks it);
 - the reference log-probabilities are computed once per pair, before step 1, for the
   pairs the run will visit (`reference_logprobs`), and kept with the checkpoints; TRL
@@ -154,7 +156,11 @@ def response_logprobs(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
     """Summed log-probabilities of each response given its prompt: (2n,), in `pair_layout`'s
     row order. The n prompts run once; their key/value cache, repeated for the chosen and
     the rejected rows, serves both continuations. The last prompt position predicts a
-    response's first token, response position j its token j + 1."""
+    response's first token, response position j its token j + 1. An encoder-decoder
+    (T5): `seq2seq_response_logprobs`."""
+    if lm.config.is_encoder_decoder:
+        return seq2seq_response_logprobs(lm, prompt_ids, prompt_mask, response_ids,
+                                         response_mask)
     n = prompt_ids.shape[0]
     out = lm(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
              use_cache=True, logits_to_keep=1)
@@ -166,6 +172,23 @@ def response_logprobs(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
               position_ids=start + torch.arange(response_ids.shape[1], device=start.device),
               cache=cache, use_cache=True)
     logits = torch.cat([out.logits[:, -1:].repeat(2, 1, 1), cont.logits[:, :-1]], 1)
+    return (logprobs_from_logits(logits, response_ids) * response_mask).sum(-1)
+
+
+def seq2seq_response_logprobs(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                              response_ids: torch.Tensor, response_mask: torch.Tensor
+                              ) -> torch.Tensor:
+    """`response_logprobs` of an encoder-decoder: the n prompts are the encoder's input
+    and run once; the 2n responses are decoder targets (inputs shifted right) under their
+    prompt's encoder output, repeated for the chosen and the rejected rows. -> (2n,)"""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    k = response_ids.shape[0] // prompt_ids.shape[0]
+    enc = lm.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask).last_hidden_state
+    dec_in = models.decoder_inputs(response_ids, lm.config.decoder_start_token_id)
+    logits = lm(encoder_outputs=BaseModelOutput(last_hidden_state=enc.repeat(k, 1, 1)),
+                attention_mask=prompt_mask.repeat(k, 1), decoder_input_ids=dec_in,
+                use_cache=False).logits
     return (logprobs_from_logits(logits, response_ids) * response_mask).sum(-1)
 
 
@@ -203,8 +226,10 @@ def build_policy(base: str, lora_dim: int, trust_remote_code: bool, dtype) -> Po
         if lora_dim > 0:
             from peft import get_peft_model
 
-            peft = get_peft_model(lm, training.lora_config(lora_dim, "CAUSAL_LM"),
-                                  adapter_name="policy")
+            seq2seq = bool(lm.config.is_encoder_decoder)
+            peft = get_peft_model(lm, training.lora_config(
+                lora_dim, "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM", seq2seq=seq2seq),
+                adapter_name="policy")
     if len(tokenizer) > lm.get_input_embeddings().num_embeddings:  # an added <pad> token
         raise RlhfkitError(f"{base}: the tokenizer has no pad token and the model no room "
                            "for one; give the tokenizer a pad token")

@@ -12,8 +12,10 @@ the same on local hardware:
    (`data.prompt_text`), truncating from the LEFT to `prompt_sequence_length` tokens so
    the end of a long post and its `[summary]: ` cue survive (`models.encode_prompts`);
 2. sort prompts by token length and generate in batches (left-padded, KV-cached
-   `model.generate`), greedy by default as Vertex's bulk inferrer, at most
-   `target_sequence_length` new tokens, stopping at EOS;
+   decoding, `rlhfkit.generate.decode`; for an encoder-decoder such as Flan-T5 the prompt
+   is the encoder's input and the decoder writes the prediction, `model.generate`), greedy
+   by default as Vertex's bulk inferrer, at most `target_sequence_length` new tokens,
+   stopping at EOS;
 3. restore input order and write the output atomically.
 
 Finished batches are appended to a hidden partial file next to the output, so an
@@ -196,7 +198,9 @@ def generate(model, tokenizer, prompts: list[str], cfg: Config,
                                  cfg.params.prompt_sequence_length)
             enc = {k: v.to(device) for k, v in enc.items()}
             if model.config.is_encoder_decoder:
-                new = model.generate(**enc, generation_config=gen_cfg)
+                # the prompt is the encoder's input: the prediction follows the decoder's
+                # start token
+                new = model.generate(**enc, generation_config=gen_cfg)[:, 1:]
             else:  # rows leave the batch as they end (rlhfkit.generate): same greedy tokens
                 new = decode(model, enc["input_ids"], enc["attention_mask"],
                              gen_cfg.max_new_tokens, eos_ids, tokenizer.pad_token_id,

@@ -1,7 +1,9 @@
 """Model loading shared by every stage: `large_model_reference` -> tokenizer and model.
 
 `large_model_reference` accepts the Vertex names (`llama-2-7b`, `t5-small`, ...), any
-Hugging Face id, or a local directory. Only safetensors weights are loaded and
+Hugging Face id, or a local directory. Causal LMs and encoder-decoder models (T5 /
+Flan-T5, any `AutoModelForSeq2SeqLM`) both work; `is_seq2seq` tells them apart from the
+config (`config.is_encoder_decoder`), never from the name. Only safetensors weights are loaded and
 `trust_remote_code` stays off unless the user turns it on. With the hub unreachable
 (`HF_HUB_OFFLINE=1`), an id that is not already in the local cache fails at once with one
 line instead of a traceback after a network time-out.
@@ -9,6 +11,7 @@ line instead of a traceback after a network time-out.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -24,7 +27,7 @@ VERTEX_MODELS = {
     "llama-2-7b-chat": "meta-llama/Llama-2-7b-chat-hf",
     "llama-2-13b-chat": "meta-llama/Llama-2-13b-chat-hf",
 }
-# Vertex tunes Flan-T5 for these: encoder-decoder models, which rlhfkit (causal LMs) does not.
+# Vertex tunes Flan-T5 as the policy for these (encoder-decoder models).
 VERTEX_SEQ2SEQ = {
     "t5-small": "google/flan-t5-small",
     "t5-large": "google/flan-t5-large",
@@ -32,11 +35,16 @@ VERTEX_SEQ2SEQ = {
     "t5-xxl": "google/flan-t5-xxl",
 }
 VERTEX_PROPRIETARY = ("text-bison@001", "chat-bison@001", "text-bison@002")
-# Vertex trains the reward model from llama-2-7b for the 13b and chat policies.
+# Vertex trains the reward model from llama-2-7b for the 13b and chat policies, and from
+# T5 1.1 (not Flan-T5) for the T5 policies.
 VERTEX_REWARD_BASE = {
     "llama-2-13b": "llama-2-7b",
     "llama-2-7b-chat": "llama-2-7b",
     "llama-2-13b-chat": "llama-2-7b",
+    "t5-small": "google/t5-v1_1-small",
+    "t5-large": "google/t5-v1_1-large",
+    "t5-xl": "google/t5-v1_1-xl",
+    "t5-xxl": "google/t5-v1_1-xxl",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -53,10 +61,7 @@ def resolve_model_reference(ref: str) -> str:
     if key in VERTEX_MODELS:
         return VERTEX_MODELS[key]
     if key in VERTEX_SEQ2SEQ:
-        raise RlhfkitError(
-            f"large_model_reference {ref!r}: Vertex tunes {VERTEX_SEQ2SEQ[key]} for this name, "
-            "an encoder-decoder model; rlhfkit tunes causal (decoder-only) LMs. Use e.g. "
-            "'llama-2-7b', a Hugging Face id such as 'Qwen/Qwen2.5-0.5B', or a local directory.")
+        return VERTEX_SEQ2SEQ[key]
     if key in VERTEX_PROPRIETARY:
         raise RlhfkitError(
             f"large_model_reference {ref!r} is a proprietary PaLM model with no open weights; "
@@ -70,7 +75,8 @@ def resolve_model_reference(ref: str) -> str:
 
 
 def reward_reference(policy_ref: str, reward_ref: str | None = None) -> str:
-    """The reward model's base: explicit, else Vertex's choice (llama-2-7b for 13b/chat)."""
+    """The reward model's base: explicit, else Vertex's choice (llama-2-7b for 13b/chat,
+    google/t5-v1_1-* for t5-*)."""
     if reward_ref:
         return reward_ref
     return VERTEX_REWARD_BASE.get(_vertex_key(policy_ref), policy_ref)
@@ -139,11 +145,33 @@ def _from_pretrained(auto_cls, name_or_path: str, trust_remote_code: bool,
                            "(rlhfkit loads only safetensors weights)") from exc
 
 
+def is_seq2seq(name_or_path: str, trust_remote_code: bool = False) -> bool:
+    """Is this model an encoder-decoder (T5, Flan-T5, BART, ...)? From its config.json
+    (`is_encoder_decoder`), so any `AutoModelForSeq2SeqLM` id or directory qualifies."""
+    return _is_seq2seq_cached(resolve_model_reference(name_or_path), trust_remote_code)
+
+
+@functools.lru_cache(maxsize=64)
+def _is_seq2seq_cached(path: str, trust_remote_code: bool) -> bool:
+    from transformers import AutoConfig
+
+    ensure_available(path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise RlhfkitError(f"{path}: cannot read the model config: {_first_line(exc)}") from exc
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
 def load_causal_lm(name_or_path: str, trust_remote_code: bool = False,
                    dtype: torch.dtype = torch.float32):
-    from transformers import AutoModelForCausalLM
+    """The generating model: an `AutoModelForCausalLM`, or for an encoder-decoder
+    checkpoint (`is_seq2seq`) an `AutoModelForSeq2SeqLM` (both have `.generate`)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
-    return _from_pretrained(AutoModelForCausalLM, name_or_path, trust_remote_code, dtype)
+    auto = AutoModelForSeq2SeqLM if is_seq2seq(name_or_path, trust_remote_code) \
+        else AutoModelForCausalLM
+    return _from_pretrained(auto, name_or_path, trust_remote_code, dtype)
 
 
 def load_scalar_model(name_or_path: str, pad_token_id: int, trust_remote_code: bool = False,
@@ -221,3 +249,10 @@ def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
         ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, :len(s)] = 1
     return ids, mask
+
+def decoder_inputs(labels: torch.Tensor, start_id: int) -> torch.Tensor:
+    """An encoder-decoder's decoder input ids for target ids `labels` (B, T): the start
+    token, then the targets shifted right by one (T5's `_shift_right`), so position t
+    reads labels[:, :t] and predicts labels[:, t]. (B, T) -> (B, T)."""
+    start = torch.full_like(labels[:, :1], start_id)
+    return torch.cat([start, labels[:, :-1]], 1)

@@ -83,7 +83,7 @@ class PipelineParams:
     gradient_checkpointing: bool | str = False
     reward_lora_dim: int = 4  # Vertex >= 2.10; 0 = full tuning
     policy_lora_dim: int = 1  # Vertex; 0 = full tuning
-    reward_model_reference: str | None = None  # None: as Vertex (llama-2-7b for 13b/chat)
+    reward_model_reference: str | None = None  # None: as Vertex (see models.py)
     trust_remote_code: bool = False
     reward_holdout_fraction: float = 0.1  # used when eval_dataset has no preference pairs
     checkpoint_every_steps: int = 50

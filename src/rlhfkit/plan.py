@@ -96,17 +96,21 @@ class ModelShape:
 
 def shape_from_config(config, name: str = "") -> ModelShape:
     """A `ModelShape` from a transformers config: the model is built on the meta device
-    (no memory, a second for 7B) so the counts are those of the real model."""
+    (no memory, a second for 7B) so the counts are those of the real model. An
+    encoder-decoder (T5) counts its encoder and decoder blocks as layers, each priced as
+    a decoder block (self- and cross-attention: an overestimate for the encoder)."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_config(config)
     n_params = sum(p.numel() for p in model.parameters())  # shared weights once
     head = model.get_output_embeddings()
     tied = head is not None and head.weight is model.get_input_embeddings().weight
     head_params = 0 if head is None or tied else head.weight.numel()
-    layers = _blocks(model)
+    layers = ([*_blocks(model.get_decoder()), *_blocks(model.get_encoder())] if seq2seq
+              else _blocks(model))
     linears = tuple((m.in_features, m.out_features) for m in layers[0].modules()
                     if isinstance(m, torch.nn.Linear))
     if not linears:  # GPT-2's Conv1D layers: weight (in, out)
@@ -119,11 +123,11 @@ def shape_from_config(config, name: str = "") -> ModelShape:
     head_dim = getattr(text, "head_dim", None) or hidden // heads
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     inter = (getattr(text, "intermediate_size", None) or getattr(text, "n_inner", None)
-             or 4 * hidden)
+             or getattr(text, "d_ff", None) or 4 * hidden)
     return ModelShape(name=name, model_type=text.model_type, vocab_size=text.vocab_size,
                       hidden_size=hidden, num_layers=len(layers), kv_dim=kv_heads * head_dim,
                       intermediate_size=inter,
-                      gated_mlp=any(n.endswith("gate_proj") for n in names),
+                      gated_mlp=any(n.endswith(("gate_proj", "wi_0")) for n in names),
                       n_params=n_params, lm_head_params=head_params, block_linears=linears)
 
 

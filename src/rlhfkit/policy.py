@@ -411,7 +411,7 @@ def fit_reward_norm(t: Trainer) -> tuple[float, float]:
         responses = roles.sample(ids, attn, cfg.target_sequence_length).tokens
         mask = pm.response_mask(responses, roles.eos_ids)
         reward_in = roles.reward_inputs(ids, attn, responses, mask)
-        scores.append(roles.scores(reward_in["input_ids"], reward_in["attention_mask"]))
+        scores.append(roles.scores(**reward_in))
     scores = torch.cat(scores)
     mean, var = pm.masked_moments(scores, torch.ones_like(scores), all_reduce=t.all_sum)
     return float(mean), max(float(var) ** 0.5, 1e-6)

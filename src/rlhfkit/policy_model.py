@@ -27,6 +27,15 @@ states give the rollout's values. RLOO and GRPO build no value model at all
 Every forward pass is in eval mode (no dropout: the PPO ratio must be 1, up to float
 rounding, on the first minibatch) and passes explicit position ids, because inputs are
 left-padded.
+
+Encoder-decoder policies (T5 / Flan-T5, `models.is_seq2seq`) take the same inputs -- the
+query and response ids joined, (B, P + T) -- and split them: the query is the encoder's
+input, the response the decoder's targets (decoder inputs shifted right). The sampler
+runs the encoder once per prompt and decodes with a KV cache; log-probs, values and KL
+are over decoder tokens, the value head reads the decoder's final hidden state, the
+reference is the same model with adapters off (LoRA on both stacks' q, k, v, o, wi, wo).
+The reward model is loaded on its own (an encoder-decoder reward model scores
+prompt -> encoder, response -> decoder: `reward_model.seq2seq_scores`).
 """
 
 from __future__ import annotations
@@ -39,7 +48,13 @@ from pathlib import Path
 import torch
 
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.models import left_pad, load_causal_lm, load_tokenizer, resolve_model_reference
+from rlhfkit.models import (
+    decoder_inputs,
+    left_pad,
+    load_causal_lm,
+    load_tokenizer,
+    resolve_model_reference,
+)
 from rlhfkit.training import check_finite, lora_config
 
 REWARD_INFO = "rlhfkit.json"  # written by the reward stage next to the weights
@@ -131,6 +146,7 @@ class Roles(torch.nn.Module):
         self.tokenizer = tokenizer
         self.reward_tokenizer = reward_tokenizer or tokenizer
         self.reward_info = reward_info
+        self.seq2seq = bool(getattr(lm.config, "is_encoder_decoder", False))
         # Stop ids: the tokenizer's EOS and any the checkpoint's generation config adds
         # (an end-of-turn token), as bulk inference does.
         extra = getattr(getattr(lm, "generation_config", None), "eos_token_id", None)
@@ -184,11 +200,21 @@ class Roles(torch.nn.Module):
             model = self.lm
             ctx = self.peft.disable_adapter() if reference else nullcontext()
         with ctx:
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                        logits_to_keep=n_response + 1, use_cache=False)
+            if self.seq2seq:  # the decoder's logits at the n_response target positions
+                logits = model(**self._split(ids, mask, n_response), use_cache=False).logits
+            else:
+                logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                               logits_to_keep=n_response + 1, use_cache=False).logits[:, :-1]
         if reference:
             self._active = None  # re-enabling adapters reset requires_grad: redo on next use
-        return out.logits[:, :-1] / self.temperature
+        return logits / self.temperature
+
+    def _split(self, ids, mask, n_response: int) -> dict[str, torch.Tensor]:
+        """Encoder-decoder inputs from the joined (B, P + T) ids: the query (B, P) is the
+        encoder's input, the last T tokens the decoder's targets, read shifted right."""
+        start = self.lm.config.decoder_start_token_id
+        return {"input_ids": ids[:, :-n_response], "attention_mask": mask[:, :-n_response],
+                "decoder_input_ids": decoder_inputs(ids[:, -n_response:], start)}
 
     def policy_and_values(self, ids, mask, n_response: int
                           ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,6 +224,10 @@ class Roles(torch.nn.Module):
         if not self.shared_value:
             raise RuntimeError("the value head does not share the policy's trunk")
         self._use("policy")
+        if self.seq2seq:  # the decoder's final hidden state at each target position
+            out = self.lm(**self._split(ids, mask, n_response), use_cache=False,
+                          output_hidden_states=True)
+            return out.logits / self.temperature, self._value(out.decoder_hidden_states[-1])
         out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                       logits_to_keep=n_response + 1, use_cache=False, output_hidden_states=True)
         # hidden_states[-1] is the final (normed) hidden state the LM head reads (checked
@@ -212,16 +242,27 @@ class Roles(torch.nn.Module):
         """V(s_t) before each of the last `n_response` tokens: (B, L) -> (B, n_response).
         A separate value adapter's own trunk, or (shared) the policy's."""
         self._use("policy" if self.shared_value else "value")
+        if self.seq2seq:
+            x = self._split(ids, mask, n_response)
+            enc = self.lm.get_encoder()(input_ids=x["input_ids"], attention_mask=x["attention_mask"])
+            h = self.lm.get_decoder()(input_ids=x["decoder_input_ids"],
+                                      encoder_hidden_states=enc.last_hidden_state,
+                                      encoder_attention_mask=x["attention_mask"],
+                                      use_cache=False).last_hidden_state
+            return self._value(h)
         h = self.lm.base_model(input_ids=ids, attention_mask=mask,
                                position_ids=positions(mask), use_cache=False).last_hidden_state
         return self._value(h[:, -(n_response + 1):-1])
 
     @torch.no_grad()
-    def scores(self, ids, mask) -> torch.Tensor:
+    def scores(self, input_ids, attention_mask, suffix_ids=None, suffix_mask=None
+               ) -> torch.Tensor:
         """Reward-model score at the last real token (the last column: left padding):
-        (B, L) -> (B,). `ids` are in the reward model's vocabulary (see reward_inputs)."""
-        if self.reward_model is not None:
-            return self.reward_model(ids, mask)  # reward_model.reward_scores
+        (B, L) -> (B,). The ids are in the reward model's vocabulary (see reward_inputs); an
+        encoder-decoder reward model also takes the responses (suffix_ids, suffix_mask)."""
+        ids, mask = input_ids, attention_mask
+        if self.reward_model is not None:  # reward_model.reward_scores / seq2seq_scores
+            return self.reward_model(ids, mask, suffix_ids, suffix_mask)
         self._use("reward")
         h = self.lm.base_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                                use_cache=False).last_hidden_state[:, -1]
@@ -240,13 +281,21 @@ class Roles(torch.nn.Module):
         pad = self.tokenizer.pad_token_id
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=ids.device)
         pos = positions(mask)
-        out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos,
-                      use_cache=True, logits_to_keep=1, output_hidden_states=with_values)
+        if self.seq2seq:  # the encoder runs once; the decoder starts from its start token
+            enc_mask = mask
+            enc = self.lm.get_encoder()(input_ids=ids, attention_mask=mask)
+            start = torch.full_like(ids[:, :1], self.lm.config.decoder_start_token_id)
+            out = self.lm(encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=start,
+                          use_cache=True, output_hidden_states=with_values)
+        else:
+            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos,
+                          use_cache=True, logits_to_keep=1, output_hidden_states=with_values)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         tokens, logprobs, entropy, values = [], [], [], []
         for _ in range(max_new_tokens):
             if with_values:  # V(s_t): the state before the token sampled now
-                values.append(self._value(out.hidden_states[-1][:, -1]))
+                states = out.decoder_hidden_states if self.seq2seq else out.hidden_states
+                values.append(self._value(states[-1][:, -1]))
             logits = out.logits[:, -1].float() / self.temperature
             check_finite(step, **{"policy logits while sampling": logits})
             logp = torch.log_softmax(logits, -1)
@@ -259,6 +308,11 @@ class Roles(torch.nn.Module):
             done |= torch.isin(tok, eos)
             if done.all() or len(tokens) == max_new_tokens:
                 break
+            if self.seq2seq:
+                out = self.lm(encoder_outputs=enc, attention_mask=enc_mask,
+                              decoder_input_ids=tok[:, None], cache=out.cache, use_cache=True,
+                              output_hidden_states=with_values)
+                continue
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             pos = pos[:, -1:] + 1
             out = self.lm(input_ids=tok[:, None], attention_mask=mask, position_ids=pos,
@@ -271,8 +325,9 @@ class Roles(torch.nn.Module):
                       ) -> dict[str, torch.Tensor]:
         """The reward stage's layout (`reward_data.encode_for_scoring`: prompt ids +
         response ids + EOS), left-padded, so PPO's scores are the reward model's own.
-        A reward model with another vocabulary gets the decoded texts."""
-        from rlhfkit.reward_data import encode_for_scoring
+        A reward model with another vocabulary gets the decoded texts; an encoder-decoder
+        reward model the two parts apart (`reward_data.split_batch`)."""
+        from rlhfkit.reward_data import encode_for_scoring, seq2seq_for_scoring, split_batch
 
         prompts = [q[m.bool()].tolist() for q, m in zip(query_ids, query_mask, strict=True)]
         answers = [r[m.bool()].tolist() for r, m in zip(responses, resp_mask, strict=True)]
@@ -280,9 +335,13 @@ class Roles(torch.nn.Module):
         if rtok is not self.tokenizer:
             prompts = self.tokenizer.batch_decode(prompts, skip_special_tokens=True)
             answers = self.tokenizer.batch_decode(answers, skip_special_tokens=True)
-        seqs = encode_for_scoring(rtok, prompts, answers, info.prompt_sequence_length,
-                                  info.target_sequence_length, info.append_eos)
-        batch = left_pad(seqs, rtok.pad_token_id)
+        lengths = (info.prompt_sequence_length, info.target_sequence_length, info.append_eos)
+        if self.reward_model is not None and self.reward_model.seq2seq:
+            batch = split_batch(*seq2seq_for_scoring(rtok, prompts, answers, *lengths),
+                                rtok.pad_token_id)
+        else:
+            batch = left_pad(encode_for_scoring(rtok, prompts, answers, *lengths),
+                             rtok.pad_token_id)
         return {k: v.to(query_ids.device) for k, v in batch.items()}
 
 
@@ -306,6 +365,8 @@ def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_refer
     tokenizer = load_tokenizer(base, trust_remote_code)
     with quiet_transformers():
         lm = load_causal_lm(base, trust_remote_code, dtype).eval()
+    seq2seq = bool(lm.config.is_encoder_decoder)
+    task = "SEQ_2_SEQ_LM" if seq2seq else "CAUSAL_LM"
     hidden = lm.get_input_embeddings().weight.shape[1]
     value_head = None
     if value_model != "none":
@@ -313,11 +374,14 @@ def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_refer
         torch.nn.init.zeros_(value_head.weight)  # V = 0 at first: advantages = returns
     separate_value = lora_dim > 0 and value_model == "separate"
 
-    shares_base = lora_dim > 0 and info.lora_dim > 0 and same_model(info.base_model, base)
+    # An encoder-decoder's seq-cls adapter (T5ForSequenceClassification) does not load onto
+    # the LM's paths: its reward model is loaded on its own.
+    shares_base = (lora_dim > 0 and info.lora_dim > 0 and not seq2seq
+                   and same_model(info.base_model, base))
     peft_model = reference = reward_model = reward_head = None
     with quiet_transformers():
         if lora_dim > 0:
-            peft_model = get_peft_model(lm, lora_config(lora_dim, "CAUSAL_LM"),
+            peft_model = get_peft_model(lm, lora_config(lora_dim, task, seq2seq=seq2seq),
                                         adapter_name="policy")
             if shares_base:
                 reward_head = _attach_reward_adapter(peft_model, info, "reward", hidden, dtype)
@@ -325,7 +389,7 @@ def build_roles(base_ref: str, reward_dir: str | Path, lora_dim: int, need_refer
                 value_head.weight.data.copy_(
                     _attach_reward_adapter(peft_model, info, "value", hidden, dtype).weight)
             elif separate_value:
-                peft_model.add_adapter("value", lora_config(lora_dim, "CAUSAL_LM"))
+                peft_model.add_adapter("value", lora_config(lora_dim, task, seq2seq=seq2seq))
         elif need_reference:
             reference = load_causal_lm(base, trust_remote_code, dtype).eval()
     rtok = tokenizer

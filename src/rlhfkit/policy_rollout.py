@@ -106,7 +106,7 @@ def rollout(roles: Roles, cfg, query: dict[str, torch.Tensor], step: int,
             sep_values.append(roles.values(ids[s], attn[s], width))
         reward_in = roles.reward_inputs(query["input_ids"][s], query["attention_mask"][s],
                                         responses[s], mask[s])
-        scores.append(roles.scores(reward_in["input_ids"], reward_in["attention_mask"]))
+        scores.append(roles.scores(**reward_in))
     if sep_values:
         values = torch.cat(sep_values)
     stop = torch.tensor(roles.eos_ids, dtype=torch.long, device=responses.device)

@@ -326,8 +326,9 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
     if ckpt:
         training.enable_gradient_checkpointing(model.model)
     lengths = (cfg.params.prompt_sequence_length, cfg.params.target_sequence_length)
-    train = encode_pairs(tokenizer, train_recs, cfg.params.instruction, *lengths)
-    held = encode_pairs(tokenizer, eval_recs, cfg.params.instruction, *lengths)
+    seq2seq = model.seq2seq  # encoder-decoder: pairs split at the prompt (encoder | decoder)
+    train = encode_pairs(tokenizer, train_recs, cfg.params.instruction, *lengths, seq2seq)
+    held = encode_pairs(tokenizer, eval_recs, cfg.params.instruction, *lengths, seq2seq)
     held.chosen_prob = chosen_probabilities(eval_recs)
     held = _by_length(held)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],

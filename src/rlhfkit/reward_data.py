@@ -84,6 +84,18 @@ def encode_for_scoring(tokenizer, prompts: list[str] | list[list[int]],
     return [p + r for p, r in zip(p_ids, r_ids, strict=True)]
 
 
+def seq2seq_for_scoring(tokenizer, prompts: list[str] | list[list[int]],
+                        responses: list[str] | list[list[int]], prompt_sequence_length: int,
+                        target_sequence_length: int, append_eos: bool = True
+                        ) -> tuple[list[list[int]], list[list[int]]]:
+    """`encode_for_scoring`'s two parts kept apart, for an encoder-decoder reward model:
+    (prompt ids: the encoder's input, response ids + EOS: the decoder's targets)."""
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+    return (encode_prompt_ids(tokenizer, prompts, prompt_sequence_length),
+            encode_response_ids(tokenizer, responses, target_sequence_length, append_eos))
+
+
 def _strip_bos_text(tokenizer, text: str) -> str:
     """A chat template that writes BOS as text (Llama-2-chat: "<s>[INST] ...") would get a
     second BOS from the tokenizer; drop the textual one."""
@@ -104,6 +116,9 @@ class Pairs:
     chosen: list[list[int]]
     rejected: list[list[int]]
     chosen_prob: list[float] | None = None
+    # encoder-decoder only: the prompt's tokens (the encoder's input) at the start of
+    # chosen[i] and rejected[i]; the rest is the decoder's. None: a causal model.
+    prompt_lengths: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.chosen)
@@ -111,16 +126,19 @@ class Pairs:
     def subset(self, indices) -> Pairs:
         indices = list(indices)
         prob = None if self.chosen_prob is None else [self.chosen_prob[i] for i in indices]
+        plen = None if self.prompt_lengths is None else [self.prompt_lengths[i] for i in indices]
         return Pairs([self.chosen[i] for i in indices], [self.rejected[i] for i in indices],
-                     prob)
+                     prob, plen)
 
 
 def encode_pairs(tokenizer, records: list[dict], instruction: str | None,
-                 prompt_sequence_length: int, target_sequence_length: int) -> Pairs:
+                 prompt_sequence_length: int, target_sequence_length: int,
+                 seq2seq: bool = False) -> Pairs:
     """Course-format preference records -> chosen / rejected token ids.
 
     `choice` is the index of the preferred candidate (Vertex's format); each prompt is
-    tokenized once and shared by both candidates.
+    tokenized once and shared by both candidates. `seq2seq`: also record each prompt's
+    length (the encoder's part, `Pairs.prompt_lengths`).
     """
     from rlhfkit.data import prompt_text
 
@@ -131,7 +149,8 @@ def encode_pairs(tokenizer, records: list[dict], instruction: str | None,
     c_ids = encode_response_ids(tokenizer, chosen, target_sequence_length)
     r_ids = encode_response_ids(tokenizer, rejected, target_sequence_length)
     return Pairs([p + c for p, c in zip(p_ids, c_ids, strict=True)],
-                 [p + r for p, r in zip(p_ids, r_ids, strict=True)])
+                 [p + r for p, r in zip(p_ids, r_ids, strict=True)],
+                 prompt_lengths=[len(p) for p in p_ids] if seq2seq else None)
 
 
 def shared_prefix_length(a: list[int], b: list[int]) -> int:
@@ -151,14 +170,30 @@ def pair_batch(pairs: Pairs, pad_id: int) -> dict[str, torch.Tensor] | None:
     continues prefix i (the chosen, i < n) or prefix i - n (the rejected).
 
     None when some pair shares no prefix at all (then score the full sequences).
+
+    Encoder-decoder pairs (`prompt_lengths` set) split at the prompt instead: the prefixes
+    are the encoder's inputs, the suffixes the decoder's targets (never None).
     """
-    cut = [shared_prefix_length(c, r) for c, r in zip(pairs.chosen, pairs.rejected, strict=True)]
+    if pairs.prompt_lengths is not None:
+        cut = pairs.prompt_lengths
+    else:
+        cut = [shared_prefix_length(c, r)
+               for c, r in zip(pairs.chosen, pairs.rejected, strict=True)]
     if not cut or min(cut) == 0:
         return None
-    prefix = models.left_pad([c[:k] for c, k in zip(pairs.chosen, cut, strict=True)], pad_id)
     tails = ([c[k:] for c, k in zip(pairs.chosen, cut, strict=True)]
              + [r[k:] for r, k in zip(pairs.rejected, cut, strict=True)])
-    suffix_ids, suffix_mask = models.right_pad(tails, pad_id)
+    return split_batch([c[:k] for c, k in zip(pairs.chosen, cut, strict=True)], tails, pad_id)
+
+
+def split_batch(prefixes: list[list[int]], suffixes: list[list[int]],
+                pad_id: int) -> dict[str, torch.Tensor]:
+    """n prefixes, left-padded to input_ids / attention_mask (n, P), and k x n suffixes,
+    right-padded to suffix_ids / suffix_mask (k n, S); suffix row j continues prefix j % n.
+    For an encoder-decoder reward model: the prompts (encoder) and responses + EOS
+    (decoder targets) of `encode_prompt_ids` / `encode_response_ids`."""
+    prefix = models.left_pad(prefixes, pad_id)
+    suffix_ids, suffix_mask = models.right_pad(suffixes, pad_id)
     return {"input_ids": prefix["input_ids"], "attention_mask": prefix["attention_mask"],
             "suffix_ids": suffix_ids, "suffix_mask": suffix_mask}
 

@@ -7,6 +7,12 @@ training did (`reward_data.encode_for_scoring`: query ids + response ids + EOS) 
 them; `reward_scores(model, input_ids, attention_mask)` scores an already padded batch
 (any padding side) with any scalar-head model, e.g. the reward adapter on a shared base.
 
+An encoder-decoder reward model (T5: `T5ForSequenceClassification`, num_labels=1) reads
+the prompt with its encoder and the response + EOS as decoder targets (decoder inputs
+shifted right, as T5 trains); its `classification_head` reads the decoder's final hidden
+state at the last target position (`seq2seq_scores`). The encoder runs once per prompt,
+for both candidates of a pair.
+
 Training lives in `rlhfkit.reward`; the token layout in `rlhfkit.reward_data`.
 """
 
@@ -21,7 +27,7 @@ import torch
 
 from rlhfkit import models, training
 from rlhfkit.errors import RlhfkitError
-from rlhfkit.reward_data import encode_for_scoring
+from rlhfkit.reward_data import encode_for_scoring, seq2seq_for_scoring, split_batch
 from rlhfkit.runstate import META_FILE  # the reward model's metadata, next to its weights
 
 SCORE_BATCH_SIZE = 16  # sequences per forward pass when scoring with RewardScorer
@@ -82,10 +88,43 @@ def pair_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return head(hidden[rows, last_token_index(suffix_mask).to(hidden.device)]).squeeze(-1).float()
 
 
+def seq2seq_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   suffix_ids: torch.Tensor, suffix_mask: torch.Tensor) -> torch.Tensor:
+    """Scores of an encoder-decoder reward model: (n, P) left-padded prompts (the encoder's
+    input) and (k n, S) right-padded targets, response ids + EOS (`reward_data.split_batch`;
+    row j continues prompt j % n) -> (k n,) float32.
+
+    The encoder runs once per prompt; the decoder reads the targets shifted right (start
+    token first) and the head reads its final hidden state at the last target position,
+    the state that has seen the whole response (the causal model's "last token").
+    """
+    hf = _hf(model)
+    backbone, head = getattr(hf, hf.base_model_prefix), hf.classification_head
+    enc = backbone.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    k = suffix_ids.shape[0] // input_ids.shape[0]
+    dec_in = models.decoder_inputs(suffix_ids, hf.config.decoder_start_token_id)
+    hidden = backbone.decoder(input_ids=dec_in, attention_mask=suffix_mask,
+                              encoder_hidden_states=enc.repeat(k, 1, 1),
+                              encoder_attention_mask=attention_mask.repeat(k, 1),
+                              use_cache=False).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    last = hidden[rows, last_token_index(suffix_mask).to(hidden.device)]
+    return head(last).squeeze(-1).float()
+
+
+def _hf(model):
+    """The transformers model inside a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def is_seq2seq_model(model) -> bool:
+    return bool(getattr(_hf(model).config, "is_encoder_decoder", False))
+
+
 def _backbone_and_head(model):
     """(decoder backbone, score head) of a *ForSequenceClassification model, or of a peft
     model wrapping one."""
-    hf = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hf = _hf(model)
     backbone = getattr(hf, getattr(hf, "base_model_prefix", ""), None)
     head = getattr(hf, "score", None)
     if backbone is None or head is None:
@@ -102,6 +141,7 @@ class RewardModel(torch.nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model
+        self.seq2seq = is_seq2seq_model(model)  # encoder-decoder: seq2seq_scores
 
     @property
     def checkpointing(self) -> bool:
@@ -110,7 +150,13 @@ class RewardModel(torch.nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 suffix_ids: torch.Tensor | None = None,
                 suffix_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of a padded batch; with suffix_ids, of a `pair_batch` (see pair_scores)."""
+        """Scores of a padded batch; with suffix_ids, of a `pair_batch` (see pair_scores);
+        an encoder-decoder always takes prompts + suffix_ids (see seq2seq_scores)."""
+        if self.seq2seq:
+            if suffix_ids is None:
+                raise ValueError("an encoder-decoder reward model scores prompts (encoder) "
+                                 "and suffix_ids (decoder targets): reward_data.split_batch")
+            return seq2seq_scores(self.model, input_ids, attention_mask, suffix_ids, suffix_mask)
         if suffix_ids is not None and torch.is_grad_enabled() and self.checkpointing:
             # A recomputed block cannot re-read a KV cache: score the two full sequences
             # (prefix + suffix, padding inside; positions follow the mask: same scores).
@@ -165,7 +211,8 @@ def build_model(base: str, tokenizer, lora_dim: int, trust_remote_code: bool = F
 
         # task SEQ_CLS: peft also trains (and saves) the `score` head in full.
         with quiet_transformers():
-            hf = get_peft_model(hf, training.lora_config(lora_dim, "SEQ_CLS"))
+            hf = get_peft_model(hf, training.lora_config(
+                lora_dim, "SEQ_CLS", seq2seq=is_seq2seq_model(hf)))
     return RewardModel(hf).eval()
 
 
@@ -233,10 +280,26 @@ class RewardScorer:
         """Like `score`, also for token ids: PPO's query ids and response ids (without
         the padding after EOS). Returns a float32 tensor on the CPU."""
         m = self.meta
+        if self.model.seq2seq:
+            return self.score_split(*seq2seq_for_scoring(
+                self.tokenizer, prompts, responses, m["prompt_sequence_length"],
+                m["target_sequence_length"], m.get("append_eos", True)))
         seqs = encode_for_scoring(self.tokenizer, prompts, responses,
                                   m["prompt_sequence_length"], m["target_sequence_length"],
                                   m.get("append_eos", True))
         return self.score_sequences(seqs)
+
+    @torch.no_grad()
+    def score_split(self, prompts: list[list[int]], targets: list[list[int]]) -> torch.Tensor:
+        """Encoder-decoder scores of (prompt ids, response ids + EOS), batched by length."""
+        out = torch.empty(len(prompts))
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]) + len(targets[i]))
+        for start in range(0, len(order), self.batch_size):
+            chunk = order[start:start + self.batch_size]
+            batch = split_batch([prompts[i] for i in chunk], [targets[i] for i in chunk],
+                                self.tokenizer.pad_token_id)
+            out[chunk] = self.model(**{k: v.to(self.device) for k, v in batch.items()}).cpu()
+        return out
 
     @torch.no_grad()
     def score_sequences(self, seqs: list[list[int]]) -> torch.Tensor:

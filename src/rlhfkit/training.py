@@ -28,16 +28,29 @@ def make_accelerator(gradient_accumulation_steps: int = 1):
                        gradient_accumulation_steps=gradient_accumulation_steps)
 
 
-def lora_config(rank: int, task_type: str, alpha: int | None = None, dropout: float = 0.0):
-    """LoRA on every linear layer of the transformer blocks (not the LM head / scalar head).
+# T5's attention (q, k, v, o: self-, cross-) and feed-forward projections (wi, wo; gated in
+# T5 1.1 / Flan-T5: wi_0, wi_1); its scalar head `classification_head` trains in full.
+T5_LORA_TARGETS = ["q", "k", "v", "o", "wi", "wo", "wi_0", "wi_1"]
+
+
+def lora_config(rank: int, task_type: str, alpha: int | None = None, dropout: float = 0.0,
+                seq2seq: bool = False):
+    """LoRA on every linear layer of the transformer blocks (not the LM head / scalar head);
+    for an encoder-decoder (`seq2seq`), T5's projections in encoder and decoder.
 
     Vertex uses rank 1 for the policy and rank 4 for the reward model. alpha defaults to
     2 * rank so the adapter's effective scale (alpha / rank = 2) does not change with rank.
     """
     from peft import LoraConfig
 
+    extra = {}
+    if seq2seq:
+        extra["target_modules"] = T5_LORA_TARGETS
+        if task_type == "SEQ_CLS":
+            extra["modules_to_save"] = ["classification_head"]
     return LoraConfig(r=rank, lora_alpha=alpha or 2 * rank, lora_dropout=dropout,
-                      target_modules="all-linear", task_type=task_type, bias="none")
+                      task_type=task_type, bias="none",
+                      **{"target_modules": "all-linear", **extra})
 
 
 def warmup_decay_schedule(optimizer: torch.optim.Optimizer, total_steps: int,

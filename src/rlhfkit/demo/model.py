@@ -13,6 +13,12 @@ so each post is followed by several summaries packed in one sequence (a block at
 mask makes each see only the post and itself: see Example), and the post's own tokens are
 down-weighted in the loss (PROMPT_LOSS_WEIGHT).
 
+`--arch t5` builds an encoder-decoder of the same sizes instead (T5 1.1 / Flan-T5 style:
+gated-GELU feed-forward, relative position buckets, pad id = decoder start), the model
+for `examples/demo-t5`: the same tokenizer, data and schedule, the post as the encoder's
+input and each summary + EOS as a decoder sequence (`seq2seq_loss`: the encoder runs once
+per post for all its summaries; there is no prompt loss).
+
 Reading order: presets, pretraining data, tokenizer, packing, model, `run(cfg)`,
 `generate` / `sample_summaries`.
 """
@@ -90,6 +96,10 @@ class Config:
     preset: str = "demo"
     seed: int = 0
     steps: int | None = None  # None: the preset's
+    arch: str = "llama"  # "llama" (causal) or "t5" (encoder-decoder)
+
+
+ARCHS = ("llama", "t5")
 
 
 # torch CPU threads of every build, whatever the machine or the caller: the split of a
@@ -127,6 +137,8 @@ def build(cfg: Config) -> int:
             "--preset", cfg.preset, "--seed", str(cfg.seed)]
     if cfg.steps is not None:
         args += ["--steps", str(cfg.steps)]
+    if cfg.arch != "llama":
+        args += ["--arch", cfg.arch]
     return subprocess.run(args, env={**os.environ, **PINNED_ENV}, check=False).returncode
 
 
@@ -250,7 +262,9 @@ def weighted_lm_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> to
 
 # -- model -------------------------------------------------------------------------------
 
-def build_model(preset: Preset, tokenizer):
+def build_model(preset: Preset, tokenizer, arch: str = "llama"):
+    if arch == "t5":
+        return build_t5(preset, tokenizer)
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(
@@ -261,6 +275,43 @@ def build_model(preset: Preset, tokenizer):
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id)
     return LlamaForCausalLM(config)
+
+
+def build_t5(preset: Preset, tokenizer):
+    """An encoder-decoder of the preset's sizes (num_layers in each stack); no dropout,
+    as the causal demo model."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    config = T5Config(
+        vocab_size=len(tokenizer), d_model=preset.hidden_size,
+        d_kv=preset.hidden_size // preset.num_heads, d_ff=preset.intermediate_size,
+        num_layers=preset.num_layers, num_decoder_layers=preset.num_layers,
+        num_heads=preset.num_heads, feed_forward_proj="gated-gelu", dropout_rate=0.0,
+        relative_attention_num_buckets=32, relative_attention_max_distance=128,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id)
+    return T5ForConditionalGeneration(config)
+
+
+def seq2seq_loss(model, tokenizer, items: list[tuple[str, list[str]]], max_length: int
+                 ) -> torch.Tensor:
+    """Cross-entropy of every summary + EOS given its post: the posts run through the
+    encoder once, each summary is a decoder sequence under its post's encoder output."""
+    from transformers.modeling_outputs import BaseModelOutput
+
+    prompts = [p for p, _ in items]
+    k = len(items[0][1])
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, truncation=True,
+                    max_length=max_length)
+    targets = [tokenizer(s, add_special_tokens=False)["input_ids"][:max_length - 1]
+               + [tokenizer.eos_token_id] for _, summaries in items for s in summaries]
+    labels = torch.full((len(targets), max(len(t) for t in targets)), -100, dtype=torch.long)
+    for i, t in enumerate(targets):
+        labels[i, :len(t)] = torch.tensor(t)
+    hidden = model.get_encoder()(**enc).last_hidden_state.repeat_interleave(k, 0)
+    return model(encoder_outputs=BaseModelOutput(last_hidden_state=hidden),
+                 attention_mask=enc["attention_mask"].repeat_interleave(k, 0),
+                 labels=labels).loss
 
 
 def lr_at(step: int, total: int, peak: float) -> float:
@@ -287,14 +338,18 @@ def pretrain(model, tokenizer, preset: Preset, steps: int, seed: int,
     model.train()
     losses = []
     for step in range(steps):
-        batch = batch_tensors(
-            [encode_example(tokenizer, *next(items), preset.max_position_embeddings)
-             for _ in range(preset.batch_size)], tokenizer.pad_token_id, PROMPT_LOSS_WEIGHT)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, preset.learning_rate)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       position_ids=batch["position_ids"]).logits
-        loss = weighted_lm_loss(logits, batch)
+        if model.config.is_encoder_decoder:
+            loss = seq2seq_loss(model, tokenizer, [next(items) for _ in range(preset.batch_size)],
+                                preset.max_position_embeddings)
+        else:
+            batch = batch_tensors(
+                [encode_example(tokenizer, *next(items), preset.max_position_embeddings)
+                 for _ in range(preset.batch_size)], tokenizer.pad_token_id, PROMPT_LOSS_WEIGHT)
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           position_ids=batch["position_ids"]).logits
+            loss = weighted_lm_loss(logits, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -315,6 +370,8 @@ def run(cfg: Config) -> dict:
 
     if cfg.preset not in PRESETS:
         raise RlhfkitError(f"unknown preset {cfg.preset!r}; choose one of {', '.join(PRESETS)}")
+    if cfg.arch not in ARCHS:
+        raise RlhfkitError(f"unknown --arch {cfg.arch!r}; choose one of {', '.join(ARCHS)}")
     preset = PRESETS[cfg.preset]
     steps = preset.steps if cfg.steps is None else cfg.steps
     if steps < 0:
@@ -324,7 +381,7 @@ def run(cfg: Config) -> dict:
         start, cpu_start = time.perf_counter(), time.process_time()
         tokenizer = build_tokenizer(preset.vocab_size, cfg.seed,
                                     preset.max_position_embeddings, preset.tokenizer_posts)
-        model = build_model(preset, tokenizer)
+        model = build_model(preset, tokenizer, cfg.arch)
         losses = pretrain(model, tokenizer, preset, steps, cfg.seed)
         train_seconds = time.perf_counter() - start
         cpu_seconds = time.process_time() - cpu_start  # all threads; = wall x threads if idle
@@ -334,7 +391,7 @@ def run(cfg: Config) -> dict:
         sampled = generate(model, tokenizer, check, greedy=False, seed=cfg.seed)
     tail = losses[-20:]
     info = {
-        "preset": cfg.preset, **asdict(preset), "steps": steps, "seed": cfg.seed,
+        "preset": cfg.preset, "arch": cfg.arch, **asdict(preset), "steps": steps, "seed": cfg.seed,
         "parameters": sum(p.numel() for p in model.parameters()),
         "final_loss": round(sum(tail) / len(tail), 4) if tail else None,
         "train_seconds": round(train_seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
@@ -377,9 +434,11 @@ def _mean(xs) -> float:
 
 def _readme(info: dict) -> str:
     samples = "\n".join(f"- `{s['greedy']}`" for s in info["samples"])
+    kind = ("A T5-architecture encoder-decoder" if info.get("arch") == "t5"
+            else "A Llama-architecture causal LM")
     return f"""# rlhfkit demo model ({info['preset']})
 
-A Llama-architecture causal LM built offline by `rlhfkit demo model`, pre-trained on
+{kind} built offline by `rlhfkit demo model`, pre-trained on
 synthetic demo-world posts followed by summaries of mixed quality. Use this directory as
 `large_model_reference` with the data of `rlhfkit demo data` and the instruction
 `{w.DEMO_INSTRUCTION}`.
@@ -418,16 +477,19 @@ def generate(model, tokenizer, records: list[dict], greedy: bool = True,
         ids = model.generate(**enc, max_new_tokens=max_new_tokens,
                              pad_token_id=tokenizer.pad_token_id,
                              eos_token_id=tokenizer.eos_token_id, **sampling)
-        out += [t.strip() for t in tokenizer.batch_decode(
-            ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+        start = 1 if model.config.is_encoder_decoder else enc["input_ids"].shape[1]
+        out += [t.strip() for t in tokenizer.batch_decode(ids[:, start:],
+                                                          skip_special_tokens=True)]
     return out
 
 
 def sample_summaries(model_dir: str | Path, records: list[dict], greedy: bool = True,
                      max_new_tokens: int = 48, seed: int = 0) -> list[str]:
     """Load a saved model directory and summarise `records` (demo-world records)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from rlhfkit.models import load_causal_lm  # causal or encoder-decoder
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, use_safetensors=True).eval()
+    model = load_causal_lm(str(model_dir)).eval()
     return generate(model, tokenizer, records, greedy, max_new_tokens, seed=seed)
