@@ -74,35 +74,31 @@ def child(a) -> None:
 
     cuda = torch.cuda.is_available()
     t0 = time.monotonic()
+    from rlhfkit.params import PipelineParams
+
+    params = PipelineParams(
+        large_model_reference=a.model, preference_dataset=a.pref, prompt_dataset=a.prompts,
+        instruction=INSTRUCTION, prompt_sequence_length=a.prompt_len,
+        target_sequence_length=a.target_len, reward_model_train_steps=a.steps,
+        reinforcement_learning_train_steps=a.steps, batch_size=a.batch,
+        micro_batch_size=a.micro, reward_lora_dim=4, policy_lora_dim=1, ppo_epochs=1,
+        num_minibatches=1, gradient_checkpointing=a.ckpt, checkpoint_every_steps=10**6)
+    params.validate()
     if a.stage == "reward":
         from rlhfkit import reward
 
-        cfg = reward.RewardConfig(
-            preference_dataset=a.pref, large_model_reference=a.model, output_dir=a.run,
-            instruction=INSTRUCTION, prompt_sequence_length=a.prompt_len,
-            target_sequence_length=a.target_len, reward_model_train_steps=a.steps,
-            batch_size=a.batch, micro_batch_size=a.micro, reward_lora_dim=4,
-            gradient_checkpointing=a.ckpt, progress=False, checkpoint_every_steps=10**6)
-        reward.run(cfg)
+        reward.run(reward.RewardConfig(params, a.run, progress=False))
     elif a.stage == "policy":
         from rlhfkit import policy
 
-        cfg = policy.PolicyConfig(
-            large_model_reference=a.model, prompt_dataset=a.prompts, output_dir=a.run,
-            reward_model_dir=a.reward_dir, instruction=INSTRUCTION,
-            prompt_sequence_length=a.prompt_len, target_sequence_length=a.target_len,
-            reinforcement_learning_train_steps=a.steps, batch_size=a.batch,
-            micro_batch_size=a.micro, policy_lora_dim=1, ppo_epochs=1, num_minibatches=1,
-            gradient_checkpointing=a.ckpt, checkpoint_every_steps=10**6,
-            samples_every_steps=10**6)
-        policy.run(cfg)
+        policy.run(policy.PolicyConfig(params, a.run, reward_model_dir=a.reward_dir,
+                                       samples_every_steps=10**6))
     else:
         from rlhfkit import infer
 
-        infer.run(infer.Config(model=a.model, adapter=None, eval_dataset=a.prompts,
-                               output=str(Path(a.run) / "eval.jsonl"),
-                               instruction=INSTRUCTION, prompt_sequence_length=a.prompt_len,
-                               target_sequence_length=a.target_len, batch_size=a.batch))
+        infer.run(infer.Config(model=a.model, eval_dataset=a.prompts,
+                               output=str(Path(a.run) / "eval.jsonl"), params=params,
+                               batch_size=a.batch))
     out = {"seconds": round(time.monotonic() - t0, 2)}
     if cuda:
         out["cuda_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -15,6 +15,12 @@ rlhfkit's PPO with LoRA runs twice: value_model "separate" (a value adapter) and
 tuning always shares the trunk. GRPO: loss_type "dapo" (TRL's default) on both sides.
 Each measurement is a fresh subprocess; the sides alternate every round.
 
+Models: `demo`, `bench-3m`, and `250m`, a random-init Llama of 20 x 1024 (the memory shape
+of issue 11; benchmarks/plan_vs_measured.py builds it). rlhfkit's training stages fix
+glibc's mmap threshold (`training.return_freed_memory`); `--malloc-ablation` adds the same
+rlhfkit side with glibc's default allocator ("glibc default") and TRL with rlhfkit's
+setting ("fixed mmap threshold"), so the allocator's share of each ratio is visible.
+
     .venv/bin/python benchmarks/ppo_vs_trl.py --data /work/main/demo/data \
         --demo-model /work/main/demo/model --models demo --rounds 2
 
@@ -44,8 +50,11 @@ LR = {"lora": 5e-5, "full": 3e-6}  # rlhfkit's base rates; TRL given the same
 def child_rlhfkit(a) -> dict:
     t_start = time.monotonic()
     B.child_setup()
-    from rlhfkit import policy
+    from rlhfkit import policy, training
     from rlhfkit.params import PipelineParams
+
+    if a.malloc == "default":  # the ablation: glibc's own dynamic mmap threshold
+        training.return_freed_memory = lambda: False
 
     marks: list[float] = []
     inner = policy.train_step
@@ -116,9 +125,17 @@ def _prompts(a, tok) -> list[str]:
     return [prompt_text(r, B.INSTRUCTION, tok) for r in recs]
 
 
+def _trl_malloc(a) -> None:
+    if a.malloc == "fixed":  # the ablation: rlhfkit's allocator setting for TRL too
+        from rlhfkit.training import return_freed_memory
+
+        return_freed_memory()
+
+
 def child_trl_ppo(a) -> dict:
     t_start = time.monotonic()
     B.child_setup()
+    _trl_malloc(a)
     from datasets import Dataset
     from transformers import (
         AutoModelForCausalLM,
@@ -162,6 +179,7 @@ def child_trl_grouped(a) -> dict:
     (num_iterations), the same KL coefficient (beta > 0: a reference is used)."""
     t_start = time.monotonic()
     B.child_setup()
+    _trl_malloc(a)
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -227,6 +245,10 @@ TRL_NAMES = {"ppo": "TRL PPOTrainer", "rloo": "TRL RLOOTrainer", "grpo": "TRL GR
 
 
 def side_name(side: str, method: str) -> str:
+    side, _, malloc = side.partition("@")
+    if malloc:
+        return side_name(side, method) + (" (glibc default)" if malloc == "default"
+                                          else " (fixed mmap threshold)")
     if side == "trl":
         return TRL_NAMES[method]
     return {"ppo-separate": "rlhfkit PPO, value separate", "ppo-shared": "rlhfkit PPO, value shared",
@@ -235,6 +257,10 @@ def side_name(side: str, method: str) -> str:
 
 def parent(a) -> None:
     models, work, info = B.start_parent(a, {"demo": a.demo_model, "bench-3m": a.model_3m})
+    if "250m" in a.models:
+        from plan_vs_measured import build_random_llama
+
+        models["250m"] = build_random_llama("250m", a.demo_model, work / "model-250m")
     common = ["--data", a.data, "--steps", str(a.steps), "--batch-size", str(a.batch_size),
               "--prompt-len", str(a.prompt_len), "--response-len", str(a.response_len),
               "--ppo-epochs", str(a.ppo_epochs), "--minibatches", str(a.minibatches),
@@ -247,13 +273,14 @@ def parent(a) -> None:
                 key = f"{preset}/{method}/{tuning}"
                 print(f"== {key}", flush=True)
                 ours = RLHFKIT_SIDES.get((method, tuning), [method])
-                cases = [(f"{key}/{s}", ["--side", s, "--method", s if s != "trl" else method,
-                                         "--model", path, "--reward-dir", rdir,
-                                         "--trl-reward-dir", merged, "--tuning", tuning,
-                                         *common]) for s in [*ours, "trl"]]
+                trl = ["trl"]
+                if a.malloc_ablation:
+                    ours, trl = [*ours, *(f"{s}@default" for s in ours)], ["trl", "trl@fixed"]
+                cases = [(f"{key}/{s}", _case_args(s, method, path, rdir, merged, tuning, common))
+                         for s in [*ours, *trl]]
                 res = B.alternate(__file__, cases, a.rounds, work, loads)
                 raw[key] = res
-                rows += table_rows(preset, method, tuning, ours, res, key)
+                rows += table_rows(preset, method, tuning, ours, trl, res, key)
     k = a.generations
     print()
     print(f"{a.steps} steps of {a.batch_size} prompts (PPO: 1 response each, RLOO / GRPO: {k}), "
@@ -267,20 +294,28 @@ def parent(a) -> None:
     print(f"raw results: {work / 'rl_results.json'}")
 
 
-def table_rows(preset, method, tuning, ours, res, key) -> list[list]:
+def _case_args(side, method, path, rdir, merged, tuning, common) -> list[str]:
+    name, _, malloc = side.partition("@")
+    return ["--side", name, "--method", name if name != "trl" else method, "--model", path,
+            "--reward-dir", rdir, "--trl-reward-dir", merged, "--tuning", tuning,
+            "--malloc", malloc or "product", *common]
+
+
+def table_rows(preset, method, tuning, ours, trl, res, key) -> list[list]:
     rows = []
-    tr = res[f"{key}/trl"]
-    for s in [*ours, "trl"]:
+    for s in [*ours, *trl]:
         rs = res[f"{key}/{s}"]
         rows.append([preset, method, tuning, side_name(s, method),
                      f"{B.median(rs, 'episodes_per_s'):.2f} ({B.spread(rs, 'episodes_per_s')})",
                      f"{B.median(rs, 'wall_s'):.1f}", f"{B.median(rs, 'peak_rss_mib'):.0f}"])
-    for s in ours:
-        rs = res[f"{key}/{s}"]
+    pairs = [(s, "trl") for s in ours] + [(s, t) for t in trl[1:] for s in ours if "@" not in s]
+    for s, t in pairs:
+        rs, tr = res[f"{key}/{s}"], res[f"{key}/{t}"]
         speed = B.median(rs, "episodes_per_s") / B.median(tr, "episodes_per_s")
         mem = B.median(rs, "peak_rss_mib") / B.median(tr, "peak_rss_mib")
         wall = B.median(rs, "wall_s") / B.median(tr, "wall_s")
-        rows.append([preset, method, tuning, f"**{side_name(s, method)} / TRL**",
+        rows.append([preset, method, tuning,
+                     f"**{side_name(s, method)} / {side_name(t, method)}**",
                      f"**{speed:.2f}x**", f"{wall:.2f}x", f"**{mem:.2f}x**"])
     return rows
 
@@ -295,8 +330,11 @@ def main() -> None:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--reward-dir", help=argparse.SUPPRESS)
     ap.add_argument("--trl-reward-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--malloc", default="product", help=argparse.SUPPRESS)
     ap.add_argument("--models", nargs="+", default=["demo", "bench-3m"],
-                    choices=["demo", "bench-3m"])
+                    choices=["demo", "bench-3m", "250m"])
+    ap.add_argument("--malloc-ablation", action="store_true",
+                    help="also run rlhfkit with glibc's default allocator, TRL with rlhfkit's")
     ap.add_argument("--methods", nargs="+", default=["ppo", "rloo", "grpo"],
                     choices=["ppo", "rloo", "grpo"])
     ap.add_argument("--tuning", nargs="+", default=["lora", "full"], choices=["lora", "full"])
