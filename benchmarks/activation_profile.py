@@ -14,7 +14,7 @@ hidden size (x float32 hidden vectors), which is what the plan's activation term
 
     PYTHONPATH=src python benchmarks/activation_profile.py --model 250m \
         [--batch 4 --prompt-len 64 --target-len 16] [--value-model separate|shared]
-        [--ckpt] [--work /tmp/act_profile]
+        [--ckpt] [--cpu-allocator cache|release] [--work /tmp/act_profile]
 
 The reward model is trained for one step first (its quality is irrelevant here).
 """
@@ -114,13 +114,14 @@ def profile(a) -> None:
         target_sequence_length=a.target_len, reward_model_train_steps=1,
         reinforcement_learning_train_steps=1, batch_size=a.batch, reward_lora_dim=4,
         policy_lora_dim=a.lora, ppo_epochs=1, num_minibatches=1, value_model=a.value_model,
-        gradient_checkpointing=a.ckpt, checkpoint_every_steps=10**6)
+        gradient_checkpointing=a.ckpt, checkpoint_every_steps=10**6,
+        cpu_allocator=a.cpu_allocator)
     params.validate()
     run = work / f"run-{a.model}"
     if not (run / "reward_model" / "DONE").is_file():
         reward.run(reward.RewardConfig(params, str(run), progress=False))
     cfg = policy.PolicyConfig(params, str(run), samples_every_steps=10**6)
-    t = policy.build_trainer(cfg, make_accelerator())
+    t = policy.build_trainer(cfg, make_accelerator(cpu_allocator=a.cpu_allocator))
     tally = SavedTally(t.roles)
     tokens = []
     for name in ("logits", "values", "policy_and_values"):  # count the tokens per forward
@@ -153,7 +154,8 @@ def _print(tally: SavedTally, t, tokens: list[int], a) -> None:
     unit = n_tok * layers * hidden * 4  # one float32 hidden vector per token per layer
     sizes = [f"{sum(g[0].values()) / MIB:.1f}" for g in tally.graphs if g[0]]
     print(f"model {a.model}: hidden {hidden}, layers {layers}; lora {a.lora}, value_model "
-          f"{a.value_model}, gradient checkpointing {a.ckpt}; update forwards over {tokens} "
+          f"{a.value_model}, gradient checkpointing {a.ckpt}, cpu_allocator {a.cpu_allocator}; "
+          f"update forwards over {tokens} "
           f"tokens (prompt + response); graphs saved {sizes} MiB")
     print(f"largest graph: {total / MIB:.1f} MiB saved = {total / unit:.1f} x hidden "
           f"float32 per token per layer, peak RSS {B.peak_rss_mib():.0f} MiB\n")
@@ -177,6 +179,7 @@ def main() -> None:
     ap.add_argument("--lora", type=int, default=4, help="policy_lora_dim (0: full tuning)")
     ap.add_argument("--value-model", default="separate", choices=["separate", "shared"])
     ap.add_argument("--ckpt", action="store_true", help="gradient checkpointing on")
+    ap.add_argument("--cpu-allocator", default="cache", choices=["cache", "release"])
     profile(ap.parse_args())
 
 

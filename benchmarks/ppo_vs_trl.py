@@ -16,10 +16,10 @@ tuning always shares the trunk. GRPO: loss_type "dapo" (TRL's default) on both s
 Each measurement is a fresh subprocess; the sides alternate every round.
 
 Models: `demo`, `bench-3m`, and `250m`, a random-init Llama of 20 x 1024 (the memory shape
-of issue 11; benchmarks/plan_vs_measured.py builds it). rlhfkit's training stages fix
-glibc's mmap threshold (`training.return_freed_memory`); `--malloc-ablation` adds the same
-rlhfkit side with glibc's default allocator ("glibc default") and TRL with rlhfkit's
-setting ("fixed mmap threshold"), so the allocator's share of each ratio is visible.
+of issue 11; benchmarks/plan_vs_measured.py builds it). `--release` adds every side again
+with freed buffers returned to the OS (rlhfkit's `cpu_allocator: release`; TRL through
+the same `training.return_freed_memory` call at its start), so the allocator's share of
+each ratio is visible.
 
     .venv/bin/python benchmarks/ppo_vs_trl.py --data /work/main/demo/data \
         --demo-model /work/main/demo/model --models demo --rounds 2
@@ -50,11 +50,9 @@ LR = {"lora": 5e-5, "full": 3e-6}  # rlhfkit's base rates; TRL given the same
 def child_rlhfkit(a) -> dict:
     t_start = time.monotonic()
     B.child_setup()
-    from rlhfkit import policy, training
+    from rlhfkit import policy
     from rlhfkit.params import PipelineParams
 
-    if a.malloc == "default":  # the ablation: glibc's own dynamic mmap threshold
-        training.return_freed_memory = lambda: False
 
     marks: list[float] = []
     inner = policy.train_step
@@ -77,7 +75,7 @@ def child_rlhfkit(a) -> dict:
             ppo_epochs=a.ppo_epochs, num_minibatches=a.minibatches, seed=0,
             checkpoint_every_steps=10**9, rl_algorithm=method,
             num_generations=_generations(a), value_model=layout or "separate",
-            loss_type="dapo")
+            loss_type="dapo", cpu_allocator=a.malloc)
         params.validate()
         policy.run(policy.PolicyConfig(params, out, reward_model_dir=a.reward_dir,
                                        samples_every_steps=10**9))
@@ -126,7 +124,7 @@ def _prompts(a, tok) -> list[str]:
 
 
 def _trl_malloc(a) -> None:
-    if a.malloc == "fixed":  # the ablation: rlhfkit's allocator setting for TRL too
+    if a.malloc == "release":  # rlhfkit's cpu_allocator "release" for TRL too
         from rlhfkit.training import return_freed_memory
 
         return_freed_memory()
@@ -247,8 +245,7 @@ TRL_NAMES = {"ppo": "TRL PPOTrainer", "rloo": "TRL RLOOTrainer", "grpo": "TRL GR
 def side_name(side: str, method: str) -> str:
     side, _, malloc = side.partition("@")
     if malloc:
-        return side_name(side, method) + (" (glibc default)" if malloc == "default"
-                                          else " (fixed mmap threshold)")
+        return side_name(side, method) + " (freed memory released)"
     if side == "trl":
         return TRL_NAMES[method]
     return {"ppo-separate": "rlhfkit PPO, value separate", "ppo-shared": "rlhfkit PPO, value shared",
@@ -274,8 +271,8 @@ def parent(a) -> None:
                 print(f"== {key}", flush=True)
                 ours = RLHFKIT_SIDES.get((method, tuning), [method])
                 trl = ["trl"]
-                if a.malloc_ablation:
-                    ours, trl = [*ours, *(f"{s}@default" for s in ours)], ["trl", "trl@fixed"]
+                if a.release:
+                    ours, trl = [*ours, *(f"{s}@release" for s in ours)], ["trl", "trl@release"]
                 cases = [(f"{key}/{s}", _case_args(s, method, path, rdir, merged, tuning, common))
                          for s in [*ours, *trl]]
                 res = B.alternate(__file__, cases, a.rounds, work, loads)
@@ -298,7 +295,7 @@ def _case_args(side, method, path, rdir, merged, tuning, common) -> list[str]:
     name, _, malloc = side.partition("@")
     return ["--side", name, "--method", name if name != "trl" else method, "--model", path,
             "--reward-dir", rdir, "--trl-reward-dir", merged, "--tuning", tuning,
-            "--malloc", malloc or "product", *common]
+            "--malloc", malloc or "cache", *common]
 
 
 def table_rows(preset, method, tuning, ours, trl, res, key) -> list[list]:
@@ -308,7 +305,9 @@ def table_rows(preset, method, tuning, ours, trl, res, key) -> list[list]:
         rows.append([preset, method, tuning, side_name(s, method),
                      f"{B.median(rs, 'episodes_per_s'):.2f} ({B.spread(rs, 'episodes_per_s')})",
                      f"{B.median(rs, 'wall_s'):.1f}", f"{B.median(rs, 'peak_rss_mib'):.0f}"])
-    pairs = [(s, "trl") for s in ours] + [(s, t) for t in trl[1:] for s in ours if "@" not in s]
+    # each rlhfkit side against TRL, and with --release both sides released
+    pairs = [(s, "trl") for s in ours] + [
+        (s, t) for t in trl[1:] for s in ours if "@" in s]
     for s, t in pairs:
         rs, tr = res[f"{key}/{s}"], res[f"{key}/{t}"]
         speed = B.median(rs, "episodes_per_s") / B.median(tr, "episodes_per_s")
@@ -330,11 +329,11 @@ def main() -> None:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--reward-dir", help=argparse.SUPPRESS)
     ap.add_argument("--trl-reward-dir", help=argparse.SUPPRESS)
-    ap.add_argument("--malloc", default="product", help=argparse.SUPPRESS)
+    ap.add_argument("--malloc", default="cache", help=argparse.SUPPRESS)
     ap.add_argument("--models", nargs="+", default=["demo", "bench-3m"],
                     choices=["demo", "bench-3m", "250m"])
-    ap.add_argument("--malloc-ablation", action="store_true",
-                    help="also run rlhfkit with glibc's default allocator, TRL with rlhfkit's")
+    ap.add_argument("--release", action="store_true",
+                    help="also run both sides with freed memory returned to the OS")
     ap.add_argument("--methods", nargs="+", default=["ppo", "rloo", "grpo"],
                     choices=["ppo", "rloo", "grpo"])
     ap.add_argument("--tuning", nargs="+", default=["lora", "full"], choices=["lora", "full"])

@@ -79,6 +79,7 @@ def test_unknown_key_names_the_closest():
     ("reward_model_train_steps", True, "expected an integer, got True"),
     ("kl_coeff", "0.1", "expected a number"),
     ("preference_dataset", "", "preference_dataset is required"),
+    ("cpu_allocator", "jemalloc", 'cpu_allocator must be "cache" or "release"'),
 ])
 def test_invalid_values(key, value, words):
     with pytest.raises(RlhfkitError, match=words):

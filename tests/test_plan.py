@@ -61,6 +61,11 @@ def test_reward_stage_by_hand():
     assert est.peak - est.live == est.allocator == int(1.5 * 25344)
     gpu = plan.Device("cuda", 100 * GIB, "cuda, test")
     assert plan.reward_memory(HAND, 2, 4, 2, 5, 3, gpu, False).allocator == 0
+    # cpu_allocator "release": freed buffers leave the process, the peak is the live sum.
+    released = plan.for_params(CPU, PipelineParams(cpu_allocator="release"))
+    lean = plan.reward_memory(HAND, 2, 4, 2, 5, 3, released, False)
+    assert lean.allocator == 0 and lean.peak == est.live
+    assert "cpu_allocator" in plan.advice(est) and "cpu_allocator" not in plan.advice(lean)
     # Checkpointed: the two full sequences, 2 x 2 x 8 = 32 tokens: (16 + 136 + 16) x 32 x 4.
     ck = plan.reward_memory(HAND, 2, 4, 2, 5, 3, CPU, True)
     assert ck.activations == 168 * 32 * 4 == ck.activations_ckpt

@@ -376,7 +376,7 @@ def run(cfg: DPOConfig) -> dict[str, Any]:
     if runstate.is_done(stage / "DONE", h):
         log.info(f"dpo: {stage} is done with these parameters; skipping")
         return _outputs(cfg, json.loads((stage / runstate.META_FILE).read_text()), True, None)
-    accelerator = training.make_accelerator()
+    accelerator = training.make_accelerator(cpu_allocator=cfg.params.cpu_allocator)
     world, total = accelerator.num_processes, cfg.reinforcement_learning_train_steps
     if cfg.batch_size % world:
         raise RlhfkitError(f"batch_size ({cfg.batch_size}) must be divisible by the number "

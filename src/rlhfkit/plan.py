@@ -43,7 +43,8 @@ RUNTIME_BYTES = {"cpu": int(0.42 * GIB), "cuda": int(1.0 * GIB)}
 # grows with every large free), so a training step's resident peak exceeds its live
 # tensors: measured 1.3-1.9x at 60M-250M parameters (docs/gpu.md). This allowance, as a
 # multiple of the step's activations + logits + KV cache, is fitted to those runs; with
-# MALLOC_MMAP_THRESHOLD_=131072 the peak is the live estimate (at ~15% more time).
+# `cpu_allocator: release` (glibc's mmap threshold fixed: training.return_freed_memory) the
+# peak is the live estimate, at more time per step.
 CPU_ALLOCATOR_SLACK = 1.5
 # Copies of the (micro, T, vocab) logits alive at the policy loss's peak: the LM head's
 # output, logits / temperature, its float32 log-softmax (kept for backward) and the
@@ -163,6 +164,7 @@ class Device:
     kind: str            # "cuda" or "cpu"
     memory: int          # bytes the stage may count on
     description: str
+    releases_freed: bool = False  # CPU: cpu_allocator "release" (no allocator allowance)
 
     @property
     def dtype_bytes(self) -> int:
@@ -188,6 +190,13 @@ def detect_device(kind: str | None = None, memory_gib: float | None = None) -> D
                                      f"{total / GIB:.1f} GiB")
     avail = _available_ram()
     return Device("cpu", avail, f"cpu, {avail / GIB:.1f} GiB RAM available")
+
+
+def for_params(device: Device, params) -> Device:
+    """The device as the stage will use it: on CPU with `cpu_allocator: release`, freed
+    buffers leave the process (no allocator allowance in the peak)."""
+    return replace(device, releases_freed=device.kind == "cpu"
+                   and params.cpu_allocator == "release")
 
 
 def _available_ram() -> int:
@@ -238,7 +247,7 @@ class StageMemory:
 
 
 def _cpu_slack(est: StageMemory, dev: Device) -> StageMemory:
-    if dev.kind == "cpu":
+    if dev.kind == "cpu" and not dev.releases_freed:
         est.allocator = int(CPU_ALLOCATOR_SLACK * (est.activations + est.logits
                                                    + est.kv_cache))
     return est
@@ -445,6 +454,8 @@ def advice(s: StageMemory) -> str:
         tips.append("a smaller micro_batch_size (or \"auto\")")
     if not s.checkpointing and s.stage != "inference":
         tips.append("gradient_checkpointing: true (or \"auto\")")
+    if s.allocator > 0:
+        tips.append("cpu_allocator: \"release\" (freed buffers back to the OS; slower)")
     if s.optimizer > s.weights // 4:
         tips.append("LoRA (reward_lora_dim / policy_lora_dim > 0) instead of full tuning")
     tips.append("a smaller model or a device with more memory (full tuning across devices: "
@@ -458,7 +469,7 @@ def make_plan(params, shape: ModelShape | None = None, reward_shape: ModelShape 
     `device` default to reading the configs and detecting the device."""
     from rlhfkit import models
 
-    device = device or detect_device()
+    device = for_params(device or detect_device(), params)
     shape = shape or load_shape(params.large_model_reference, params.trust_remote_code)
     reward_ref = models.reward_reference(params.large_model_reference,
                                          params.reward_model_reference)

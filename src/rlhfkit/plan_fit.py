@@ -15,15 +15,16 @@ from rlhfkit.plan import (
     StageMemory,
     choose,
     detect_device,
+    for_params,
     load_shape,
     policy_memory,
     reward_memory,
 )
 
 
-def _budget(processes: int) -> tuple[Device, int]:
+def _budget(cfg, processes: int) -> tuple[Device, int]:
     """The device and the bytes one process may use (CPU processes share the RAM)."""
-    dev = detect_device()
+    dev = for_params(detect_device(), cfg)
     share = processes if dev.kind == "cpu" else 1
     return dev, int(dev.memory * USABLE_FRACTION) // share
 
@@ -40,7 +41,7 @@ def reward_settings(cfg, base: str, processes: int) -> tuple[int, bool]:
     chosen = _explicit(cfg.micro_batch_size, cfg.gradient_checkpointing, local)
     if chosen:
         return chosen
-    shape, (dev, budget) = load_shape(base, cfg.trust_remote_code), _budget(processes)
+    shape, (dev, budget) = load_shape(base, cfg.trust_remote_code), _budget(cfg, processes)
     p, t = cfg.prompt_sequence_length, cfg.target_sequence_length
     m, c, _ = choose(lambda m, c: reward_memory(shape, cfg.reward_lora_dim, cfg.batch_size,
                                                 m, p, t, dev, c),
@@ -60,7 +61,7 @@ def policy_settings(cfg, processes: int) -> tuple[int, bool]:
     if chosen:
         return chosen
     shape, (dev, budget) = load_shape(cfg.large_model_reference,
-                                      cfg.trust_remote_code), _budget(processes)
+                                      cfg.trust_remote_code), _budget(cfg, processes)
     info = read_reward_info(cfg.reward_dir)
     shares = (cfg.policy_lora_dim > 0 and info.lora_dim > 0
               and same_model(info.base_model, resolve_model_reference(cfg.large_model_reference)))

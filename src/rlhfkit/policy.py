@@ -426,7 +426,7 @@ def run(cfg: PolicyConfig) -> dict[str, Any]:
     if is_done(stage / "DONE", h):
         log.info(f"policy: {stage} is done with these parameters; skipping")
         return _outputs(cfg, json.loads((stage / META_FILE).read_text()), True, None)
-    t = build_trainer(cfg, make_accelerator())
+    t = build_trainer(cfg, make_accelerator(cpu_allocator=cfg.cpu_allocator))
     start = resume(t, h)
     if cfg.normalize_reward and t.reward_norm is None:
         t.reward_norm = fit_reward_norm(t)

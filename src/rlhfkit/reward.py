@@ -312,7 +312,7 @@ def run(cfg: RewardConfig) -> dict[str, Any]:
         meta = json.loads((stage_dir / META_FILE).read_text(encoding="utf-8"))
         return _outputs(stage_dir, logs_dir, meta, skipped=True, start=None)
 
-    accelerator = training.make_accelerator()
+    accelerator = training.make_accelerator(cpu_allocator=cfg.params.cpu_allocator)
     world, total = accelerator.num_processes, cfg.params.reward_model_train_steps
     if cfg.params.batch_size % world:
         raise RlhfkitError(f"batch_size ({cfg.params.batch_size}) must be divisible by the number "

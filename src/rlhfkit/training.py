@@ -19,15 +19,16 @@ import torch
 from rlhfkit import log
 
 
-def make_accelerator(gradient_accumulation_steps: int = 1):
-    """An `accelerate.Accelerator` on the GPU when one is present, else the CPU.
+def make_accelerator(gradient_accumulation_steps: int = 1, cpu_allocator: str = "cache"):
+    """An `accelerate.Accelerator` on the GPU when one is present, else the CPU (with the
+    `cpu_allocator` setting applied: PipelineParams).
 
     Mixed precision stays off on CPU (bf16 matmuls are ~60x slower there); on GPUs with
     bf16 support the weights are loaded in bf16 by `models.pick_dtype` instead.
     """
     from accelerate import Accelerator
 
-    if not torch.cuda.is_available():
+    if cpu_allocator == "release" and not torch.cuda.is_available():
         return_freed_memory()
     return Accelerator(cpu=not torch.cuda.is_available(),
                        gradient_accumulation_steps=gradient_accumulation_steps)
@@ -39,17 +40,19 @@ MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def return_freed_memory() -> bool:
-    """Make freed tensor buffers go back to the OS at once (Linux / glibc); True if set.
+    """`cpu_allocator: release`: freed tensor buffers go back to the OS at once (Linux /
+    glibc); True if set.
 
     glibc serves an allocation of at least M_MMAP_THRESHOLD bytes with its own mmap, and
     returns it to the OS on free; but the first such free raises the threshold to that
     size (up to 32 MiB), after which activations come from the heap and stay resident when
-    freed, fragmented between the rollout's and the update's sizes. Measured at the ~250M
-    Llama shape, one LoRA PPO step: peak RSS 2707 MiB with glibc's default, 1865 MiB with
-    the threshold fixed at 128 KiB (benchmarks/activation_profile.py; the tensors alive
-    at the peak are the same). The cost is an mmap and fresh zeroed pages per large
-    allocation (docs/benchmarks.md). A MALLOC_MMAP_THRESHOLD_ in the environment (glibc's
-    own setting) is left to rule."""
+    freed. Measured at the ~250M Llama shape, one LoRA PPO step: the update's forward
+    raises RSS by 1012 MiB for 470 MiB of saved tensors with glibc's default, by 470 MiB
+    with the threshold fixed at 128 KiB; peak RSS 2707 -> 1865 MiB
+    (benchmarks/activation_profile.py). The cost is an mmap and fresh zeroed pages per
+    large allocation: ~20% more CPU time per step at 250M, ~2x at the demo's size, where
+    steps are allocation-bound (docs/gpu.md). A MALLOC_MMAP_THRESHOLD_ in the environment
+    (glibc's own setting) is left to rule."""
     if not sys.platform.startswith("linux") or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False
     try:
