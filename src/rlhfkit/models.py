@@ -3,8 +3,8 @@
 `large_model_reference` accepts the Vertex names (`llama-2-7b`, `t5-small`, ...), any
 Hugging Face id, or a local directory. Causal LMs and encoder-decoder models (T5 /
 Flan-T5, any `AutoModelForSeq2SeqLM`) both work; `is_seq2seq` tells them apart from the
-config (`config.is_encoder_decoder`), never from the name. Only safetensors weights are loaded and
-`trust_remote_code` stays off unless the user turns it on. With the hub unreachable
+config (`config.is_encoder_decoder`), never from the name. Only safetensors weights are
+loaded and `trust_remote_code` stays off unless the user turns it on. With the hub unreachable
 (`HF_HUB_OFFLINE=1`), an id that is not already in the local cache fails at once with one
 line instead of a traceback after a network time-out.
 """
@@ -249,6 +249,7 @@ def right_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.T
         ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[i, :len(s)] = 1
     return ids, mask
+
 
 def decoder_inputs(labels: torch.Tensor, start_id: int) -> torch.Tensor:
     """An encoder-decoder's decoder input ids for target ids `labels` (B, T): the start
