@@ -89,6 +89,13 @@ def test_policy_stage_by_hand():
     # kl_coeff 0 loads no reference.
     assert plan.policy_memory(HAND, HAND, 0, 0, False, 0.0, 4, 2, 5, 3, CPU, False
                               ).params == 1488 + 1408
+    # sharding fsdp over 2 processes: policy + head 1488 and reference 1480 are split
+    # (2968 -> 1484 held), the reward model's 1408 stays whole; gradients and Adam halve.
+    two = plan.policy_memory(HAND, HAND, 0, 0, False, 0.1, 4, 2, 5, 3, CPU, False, shards=2)
+    assert two.weights == (1484 + 1408) * 4
+    assert (two.gradients, two.optimizer) == (full.gradients // 2, full.optimizer // 2)
+    assert plan.shards(PipelineParams(sharding="fsdp"), 4) == 4
+    assert plan.shards(PipelineParams(), 4) == 1
 
 
 def test_inference_by_hand():

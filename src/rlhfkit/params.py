@@ -38,6 +38,7 @@ RL_ALGORITHMS = ("ppo", "rloo", "grpo")
 VALUE_MODELS = ("separate", "shared")
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")  # GRPO token averaging, see rl_math.token_weights
 TUNING_METHODS = ("rlhf", "dpo")
+SHARDINGS = ("none", "fsdp")  # see rlhfkit.sharding
 DPO_LOSSES = ("sigmoid", "ipo")
 
 
@@ -86,6 +87,11 @@ class PipelineParams:
     micro_batch_size: int | str | None = None
     gradient_checkpointing: bool | str = False
     cpu_allocator: str = "cache"
+    # sharding: "none" (each process holds the whole model; several processes = DDP) |
+    # "fsdp": full tuning of the policy (policy_lora_dim 0) with its weights, gradients and
+    # Adam state, and the reference's weights, split across the processes (FSDP2;
+    # docs/distributed.md). Launch with torchrun; one process has nothing to shard.
+    sharding: str = "none"
     reward_lora_dim: int = 4  # Vertex >= 2.10; 0 = full tuning
     policy_lora_dim: int = 1  # Vertex; 0 = full tuning
     reward_model_reference: str | None = None  # None: as Vertex (see models.py)
@@ -222,6 +228,16 @@ class PipelineParams:
         if self.cpu_allocator not in ("cache", "release"):
             problems.append(f"cpu_allocator must be \"cache\" or \"release\", "
                             f"got {self.cpu_allocator!r}")
+        if self.sharding not in SHARDINGS:
+            problems.append(f"sharding must be one of {', '.join(map(repr, SHARDINGS))}, "
+                            f"got {self.sharding!r}")
+        elif self.sharding == "fsdp" and self.policy_lora_dim > 0:
+            problems.append("sharding \"fsdp\" shards full tuning (policy_lora_dim 0); with "
+                            f"LoRA (policy_lora_dim {self.policy_lora_dim}) the trained weights "
+                            "are megabytes: run several processes unsharded (DDP)")
+        elif self.sharding == "fsdp" and self.tuning_method == "dpo":
+            problems.append("sharding \"fsdp\" is implemented for the RL stage "
+                            "(tuning_method 'rlhf'), not yet for DPO")
         if not 0 <= self.gamma <= 1 or not 0 <= self.lam <= 1:
             problems.append("gamma and lam must be in [0, 1]")
         if not 0 < self.reward_holdout_fraction < 1:

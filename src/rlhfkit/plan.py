@@ -311,7 +311,8 @@ def reward_memory(shape: ModelShape, lora_dim: int, batch: int, micro: int, prom
 def policy_memory(shape: ModelShape, reward_shape: ModelShape, lora_dim: int,
                   reward_lora_dim: int, shares_base: bool, kl_coeff: float, batch: int,
                   micro: int, prompt_len: int, target_len: int, dev: Device,
-                  checkpointing: bool, rollout_micro: int | None = None) -> StageMemory:
+                  checkpointing: bool, rollout_micro: int | None = None,
+                  shards: int = 1) -> StageMemory:
     """PPO (policy_model.Roles): with LoRA one base serves policy, value, reference (and
     the reward adapter when it shares the base); otherwise the reward model is a second
     trunk, and full tuning adds a frozen reference copy when kl_coeff > 0.
@@ -320,7 +321,11 @@ def policy_memory(shape: ModelShape, reward_shape: ModelShape, lora_dim: int,
     policy logits over the T+1 response positions, then values) and the rollout (the
     KV cache of micro x (P + T) tokens while sampling; `rollout_micro` rows when the
     rollout is split differently: micro_batch_size unset samples the whole local batch
-    at once, while the update takes one minibatch at a time)."""
+    at once, while the update takes one minibatch at a time).
+
+    `shards` > 1 (`sharding: fsdp`, full tuning): each process holds 1/shards of the
+    policy's and the reference's weights, gradients and Adam state, and gathers the whole
+    policy while sampling (sharding.gathered)."""
     b = dev.dtype_bytes
     h = shape.hidden_size
     if lora_dim:
@@ -338,14 +343,23 @@ def policy_memory(shape: ModelShape, reward_shape: ModelShape, lora_dim: int,
                       checkpointing, runtime=RUNTIME_BYTES[dev.kind])
     est.weights = params * b
     _training_state(est, shape, b)
+    gathered = 0
+    if shards > 1 and not lora_dim:
+        split = trainable + (shape.n_params if kl_coeff > 0 else 0)
+        est.weights -= split * b - split * b // shards
+        est.gradients //= shards
+        est.optimizer //= shards
+        gathered = shape.n_params * b - shape.n_params * b // shards
+        est.notes.append(f"sharded over {shards} processes")
     tokens = micro * (prompt_len + target_len)
     _with_activations(est, shape, tokens, b)
     logits = POLICY_LOGIT_COPIES * micro * (target_len + 1) * shape.vocab_size * 4
     kv = (rollout_micro or micro) * (prompt_len + target_len) * shape.kv_elements() * b
     # Rollout and update do not overlap: the rollout's cache is freed before the update.
-    if kv > est.activations + logits:
-        est.kv_cache, est.activations, est.logits = kv, 0, 0
-        est.notes.append("peak while sampling (KV cache)")
+    if kv + gathered > est.activations + logits:
+        est.kv_cache, est.activations, est.logits = kv + gathered, 0, 0
+        est.notes.append("peak while sampling (KV cache" +
+                         (" + the gathered policy)" if gathered else ")"))
     else:
         est.logits = logits
     return _cpu_slack(est, dev)
@@ -459,7 +473,7 @@ def advice(s: StageMemory) -> str:
     if s.optimizer > s.weights // 4:
         tips.append("LoRA (reward_lora_dim / policy_lora_dim > 0) instead of full tuning")
     tips.append("a smaller model or a device with more memory (full tuning across devices: "
-                "FSDP through `accelerate launch`, docs/gpu.md)")
+                "sharding: \"fsdp\" under torchrun, docs/distributed.md)")
     return "Try " + "; ".join(tips) + "."
 
 
@@ -496,7 +510,7 @@ def make_plan(params, shape: ModelShape | None = None, reward_shape: ModelShape 
         shares = (params.policy_lora_dim > 0 and params.reward_lora_dim > 0
                   and reward_ref == params.large_model_reference)
         stages.append(_fit_policy(shape, reward_shape, params, shares, local, micro, ckpt,
-                                  device, budget))
+                                  device, budget, processes))
     from rlhfkit.infer import DEFAULT_BATCH_SIZE
 
     stages.append(inference_memory(shape, params.policy_lora_dim, DEFAULT_BATCH_SIZE, p, t,
@@ -504,7 +518,13 @@ def make_plan(params, shape: ModelShape | None = None, reward_shape: ModelShape 
     return Plan(shape, device, stages, processes)
 
 
-def _fit_policy(shape, reward_shape, params, shares, local, micro, ckpt, device, budget):
+def shards(params, processes: int) -> int:
+    """Processes the policy's full-tuning state is split over (`sharding: fsdp`)."""
+    return processes if getattr(params, "sharding", "none") == "fsdp" else 1
+
+
+def _fit_policy(shape, reward_shape, params, shares, local, micro, ckpt, device, budget,
+                processes: int = 1):
     """PPO's micro-batches split each minibatch (local / num_minibatches prompts) in the
     update and the local batch in the rollout."""
     mini = max(1, local // params.num_minibatches)
@@ -515,7 +535,7 @@ def _fit_policy(shape, reward_shape, params, shares, local, micro, ckpt, device,
                              params.reward_lora_dim, shares, params.kl_coeff,
                              params.batch_size, m, params.prompt_sequence_length,
                              params.target_sequence_length, device, c,
-                             rollout_micro=local if whole else m)
+                             rollout_micro=local if whole else m, shards=shards(params, processes))
 
     m, c, _ = choose(fn, mini, micro, ckpt, budget)
     return fn(m, c)

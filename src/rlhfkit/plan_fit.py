@@ -19,6 +19,7 @@ from rlhfkit.plan import (
     load_shape,
     policy_memory,
     reward_memory,
+    shards,
 )
 
 
@@ -71,7 +72,8 @@ def policy_settings(cfg, processes: int) -> tuple[int, bool]:
 
     def fn(m: int, c: bool) -> StageMemory:
         return policy_memory(shape, reward_shape, cfg.policy_lora_dim, info.lora_dim, shares,
-                             cfg.kl_coeff, cfg.batch_size, m, p, t, dev, c)
+                             cfg.kl_coeff, cfg.batch_size, m, p, t, dev, c,
+                             shards=shards(cfg, processes))
 
     m, c, _ = choose(fn, mini, cfg.micro_batch_size or mini, cfg.gradient_checkpointing,
                      budget)

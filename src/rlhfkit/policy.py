@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from rlhfkit import log
+from rlhfkit import log, sharding
 from rlhfkit import ppo_math as pm
 from rlhfkit import rl_math as rl
 from rlhfkit.errors import RlhfkitError
@@ -84,7 +84,8 @@ POLICY_KEYS = (
     "kl_estimator", "target_kl", "kl_horizon", "ppo_epochs", "num_minibatches", "cliprange",
     "cliprange_value", "vf_coef", "gamma", "lam", "whiten_rewards", "missing_eos_penalty",
     "normalize_reward", "temperature", "merge_adapter", "seed", "trust_remote_code",
-    "rl_algorithm", "num_generations", "value_model", "loss_type")
+    "rl_algorithm", "num_generations", "value_model", "loss_type",
+    "sharding")  # sharding: its checkpoints hold full state dicts keyed by name
 
 
 @dataclass
@@ -331,8 +332,8 @@ def update(t: Trainer, mask: torch.Tensor, loss_of, step: int, prefix: str
             t.optimizer.zero_grad(set_to_none=True)
             for s in micro_slices(len(idx), cfg.micro_batch_size):
                 _add(totals, loss_of(idx[s], counts))
-            _sync_gradients(t, params)
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            _sync_gradients(t, [p for p in params if not sharding.is_dtensor(p)])
+            norm = sharding.clip_grad_norm_(params, cfg.max_grad_norm)
             check_finite(step, t.all_sum, **{"gradient norm": norm})
             t.optimizer.step()
             _add(totals, {f"{prefix}/grad_norm": norm / t.world})  # global already: / world
@@ -468,6 +469,13 @@ def build_trainer(cfg: PolicyConfig, accelerator) -> Trainer:
                         value_model=cfg.value_model if cfg.rl_algorithm == "ppo" else "none"
                         ).to(accelerator.device)
     prompts = [prompt_text(r, cfg.instruction, roles.tokenizer) for r in records]
+    if cfg.sharding == "fsdp" and world > 1:  # before the optimizer: weights become shards
+        for model in (roles.lm, roles.reference):
+            if model is not None:
+                sharding.shard(model)
+    elif cfg.sharding == "fsdp":
+        log.warn("sharding: fsdp on one process has nothing to shard; running unsharded "
+                 "(launch with torchrun --nproc_per_node N)")
     params = list(roles.trainable_parameters().values())
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, eps=ADAM_EPS, weight_decay=0.0)
     scheduler = warmup_decay_schedule(optimizer, cfg.reinforcement_learning_train_steps)

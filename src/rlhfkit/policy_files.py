@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from rlhfkit import sharding
 from rlhfkit.io import atomic_write_json
 from rlhfkit.models import resolve_model_reference
 from rlhfkit.runstate import META_FILE, Stage
@@ -41,18 +42,34 @@ def _stage(t: Trainer, h: str) -> Stage:
 
 # -- checkpoints ------------------------------------------------------------------------------
 
+def _trained(t: Trainer) -> torch.nn.Module:
+    """The trained modules under their checkpoint names (`lm.*`, `value_head.*`): what a
+    sharded run gathers and loads as full state dicts."""
+    modules = {"lm": t.roles.lm}
+    if t.roles.value_head is not None:
+        modules["value_head"] = t.roles.value_head
+    return torch.nn.ModuleDict(modules)
+
+
 def save_state(t: Trainer, step: int, h: str) -> None:
     """RUN/policy/checkpoint-{step}: trained weights (adapters + value head, or the full
-    policy), optimizer, scheduler, KL controller, prompt position, reward normalisation."""
+    policy), optimizer, scheduler, KL controller, prompt position, reward normalisation.
+    Sharded (FSDP): every rank joins in gathering the full weights and Adam state, rank 0
+    writes them (the optimizer's state keyed by weight name, any process count resumes)."""
     from safetensors.torch import save_file
 
+    names = t.roles.trainable_parameters()
+    if sharding.is_sharded(t.roles.lm):
+        full, optim = sharding.full_state(_trained(t), t.optimizer)
+        weights = {n: full[n].contiguous() for n in names if n in full}
+    elif t.accelerator.is_main_process:  # every rank holds the same weights
+        weights = {n: p.detach().cpu().contiguous() for n, p in names.items()}
+        optim = t.optimizer.state_dict()
     if t.accelerator.is_main_process:
         def write(tmp: Path) -> None:
-            weights = {n: p.detach().cpu().contiguous()
-                       for n, p in t.roles.trainable_parameters().items()}
             save_file(weights, str(tmp / "trainable.safetensors"))
-            torch.save({"optimizer": t.optimizer.state_dict(),
-                        "scheduler": t.scheduler.state_dict()}, tmp / "optimizer.pt")
+            torch.save({"optimizer": optim, "scheduler": t.scheduler.state_dict()},
+                       tmp / "optimizer.pt")
 
         _stage(t, h).save_checkpoint(step, write, {
             "kl_coeff": t.kl_ctl.value, "prompts": t.order.state(),
@@ -69,13 +86,19 @@ def resume(t: Trainer, h: str) -> int:
     if found is None:
         return 0
     path, state = found.path, found.state
-    weights = load_file(str(path / "trainable.safetensors"))
-    with torch.no_grad():
-        for name, p in t.roles.trainable_parameters().items():
-            p.copy_(weights[name].to(p.device))
-    opt = torch.load(path / "optimizer.pt", map_location=t.accelerator.device,
-                     weights_only=True)
-    t.optimizer.load_state_dict(opt["optimizer"])
+    sharded = sharding.is_sharded(t.roles.lm)
+    main = t.accelerator.is_main_process
+    weights = load_file(str(path / "trainable.safetensors")) if main or not sharded else {}
+    device = "cpu" if sharded else t.accelerator.device
+    opt = torch.load(path / "optimizer.pt", map_location=device, weights_only=True)
+    if sharded:  # rank 0 broadcasts the full state, each rank keeps its shard
+        sharding.load_full_state(_trained(t), t.optimizer, weights,
+                                 opt["optimizer"] if main else {})
+    else:
+        with torch.no_grad():
+            for name, p in t.roles.trainable_parameters().items():
+                p.copy_(weights[name].to(p.device))
+        t.optimizer.load_state_dict(opt["optimizer"])
     t.scheduler.load_state_dict(opt["scheduler"])
     t.kl_ctl.value = state["kl_coeff"]
     t.order.epoch, t.order.position = state["prompts"]["epoch"], state["prompts"]["position"]
@@ -85,7 +108,7 @@ def resume(t: Trainer, h: str) -> int:
 
 # -- outputs ------------------------------------------------------------------------------------
 
-def save_policy(t: Trainer, out: Path, final: dict) -> dict:
+def save_policy(t: Trainer, out: Path, final: dict, full: dict | None = None) -> dict:
     """RUN/policy: the policy adapter (a plain peft adapter of the base causal LM) or the
     full weights, the tokenizer, rlhfkit.json; with merge_adapter also merged/, a full
     model plain `transformers` loads. Merging consumes the shared model: call last."""
@@ -106,6 +129,8 @@ def save_policy(t: Trainer, out: Path, final: dict) -> dict:
         config = copy.deepcopy(roles.peft.peft_config["policy"])
         config.base_model_name_or_path, config.inference_mode = base, True
         config.save_pretrained(str(out))
+    elif full is not None:
+        sharding.save_pretrained(roles.lm, out, full)
     else:
         roles.lm.save_pretrained(str(out))
     roles.tokenizer.save_pretrained(str(out))
@@ -128,7 +153,8 @@ def write_outputs(t: Trainer, h: str, final: dict) -> dict:
     """Publish RUN/policy (outputs, then DONE, in one rename; the checkpoints go with the
     old directory) and return its rlhfkit.json."""
     stage = _stage(t, h)
+    full = sharding.full_state(t.roles.lm)[0] if sharding.is_sharded(t.roles.lm) else None
     if t.accelerator.is_main_process:
-        stage.publish(lambda tmp: save_policy(t, tmp, final))
+        stage.publish(lambda tmp: save_policy(t, tmp, final, full))
     t.accelerator.wait_for_everyone()
     return json.loads((stage.dir / META_FILE).read_text())

@@ -55,6 +55,7 @@ from rlhfkit.models import (
     load_tokenizer,
     resolve_model_reference,
 )
+from rlhfkit.sharding import gathered
 from rlhfkit.training import check_finite, lora_config
 
 REWARD_INFO = "rlhfkit.json"  # written by the reward stage next to the weights
@@ -275,7 +276,12 @@ class Roles(torch.nn.Module):
         top-p, so the sampler's logprobs are the policy's (PPO's old logprobs, as TRL reuses its
         generation scores). KV-cached; stops when every row has produced EOS. With
         `with_values` and a shared trunk, the value head reads each step's last hidden state
-        (lm-human-preferences: no separate value pass in the rollout). (B, P) -> Sample."""
+        (lm-human-preferences: no separate value pass in the rollout). (B, P) -> Sample.
+        A sharded policy is gathered for the response (sharding.gathered)."""
+        with gathered(self.lm):
+            return self._sample(ids, mask, max_new_tokens, step, with_values)
+
+    def _sample(self, ids, mask, max_new_tokens: int, step: int, with_values: bool) -> Sample:
         self._use("policy")
         with_values = with_values and self.shared_value
         pad = self.tokenizer.pad_token_id
