@@ -5,17 +5,15 @@ and a policy plain transformers loads."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_run import kill_after_first_checkpoint
 
 from rlhfkit import sharding
 from rlhfkit.errors import RlhfkitError
@@ -64,24 +62,6 @@ def _run_cmd(params: Path, run: Path, reward: Path) -> list[str]:
             "--output-dir", str(run), "--reward-model", str(reward)]
 
 
-def _descendants(pid: int) -> list[int]:
-    """`pid`'s children, grandchildren, ... from /proc (torchrun's workers leave the
-    launcher's process group, so killpg alone would leave them running)."""
-    parents = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    out, todo = [], [pid]
-    while todo:
-        kids = parents.get(todo.pop(), [])
-        out += kids
-        todo += kids
-    return out
-
-
 @pytest.mark.slow
 def test_fsdp_two_processes_resume_and_match_ddp(tiny_model_dirs, reward_models, prompts,
                                                   tmp_path):
@@ -101,17 +81,7 @@ def test_fsdp_two_processes_resume_and_match_ddp(tiny_model_dirs, reward_models,
 
     run = tmp_path / "fsdp"
     cmd = _run_cmd(fsdp_params, run, reward)
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list((run / "policy").glob("checkpoint-*")) and time.monotonic() < deadline:
-        assert proc.poll() is None, "the sharded run ended before its first checkpoint"
-        time.sleep(0.05)
-    for pid in [proc.pid, *_descendants(proc.pid)]:  # the launcher and both ranks
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    time.sleep(0.5)  # the ranks' exits
+    kill_after_first_checkpoint(cmd, _env(), run / "policy")  # launcher and both ranks
     assert not (run / "policy" / "DONE").exists(), "killed too late to test resuming"
     checkpoint = next((run / "policy").glob("checkpoint-*"))
     saved = load_file(str(checkpoint / "trainable.safetensors"))

@@ -7,14 +7,13 @@ import dataclasses
 import gc
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from cli_run import kill_after_first_checkpoint
 
 from rlhfkit import policy
 from rlhfkit import ppo_math as pm
@@ -288,14 +287,7 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(tiny_model_dirs, re
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "rlhfkit", "train-policy", str(params), "--output-dir",
            str(run), "--reward-model", str(reward_models["gpt2"])]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list((run / "policy").glob("checkpoint-*")) and time.monotonic() < deadline:
-        assert proc.poll() is None, "the run ended before its first checkpoint"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_after_first_checkpoint(cmd, _env(), run / "policy", timeout=120)
     assert not (run / "policy" / "DONE").exists(), "killed too late to test resuming"
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
