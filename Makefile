@@ -29,7 +29,7 @@ install: $(STAMP)
 # A second `make demo` reuses the data, the model and every finished pipeline stage.
 # The run is pinned as `rlhfkit demo model` pins its build: 2 torch threads and AVX2 kernels
 # (threads and instruction set change float summation order), so its figures are the same
-# on any x86-64 machine with AVX2, whatever its core count.
+# on one CPU model whatever its core count or load (not across vendors: README).
 DEMO_PIN := OMP_NUM_THREADS=2 ATEN_CPU_CAPABILITY=avx2 MKL_CBWR=AVX2 ONEDNN_MAX_CPU_ISA=AVX2
 demo: $(DEMO)/data/world.json $(DEMO)/model/config.json
 	$(DEMO_PIN) $(BIN)/rlhfkit run examples/demo/params.json --output-dir $(DEMO)/run

@@ -182,8 +182,9 @@ def demo_model(
 ) -> None:
     """Build the demo world's small Llama (or T5) offline: tokenizer, pretraining, safetensors.
 
-    The same seed gives the same bytes on any number of cores, under any load, on any
-    x86-64 machine with AVX2 (the build pins its torch threads and CPU kernels)."""
+    The same seed gives the same bytes on any number of cores and under any load on one CPU
+    model (the build pins its torch threads and AVX2 kernels); CPUs of other vendors can
+    round differently (an AMD EPYC and an Intel Xeon build different models)."""
     from rlhfkit.demo import model
     from rlhfkit.io import check_output_dir
 
