@@ -25,8 +25,21 @@ import _bench as B  # noqa: E402
 METHODS = ["ppo-separate", "ppo-shared", "rloo", "grpo"]
 
 
-def profile(a, method: str) -> dict[str, float]:
+def _timer(spent, label, inner, *, no_grad_only: bool):
+    """`inner`, adding its CPU seconds to spent[label] (only calls without grad if asked)."""
     import torch
+
+    def wrapper(*args, **kw):
+        if no_grad_only and torch.is_grad_enabled():
+            return inner(*args, **kw)
+        t0 = time.process_time()
+        out = inner(*args, **kw)
+        spent[label] += time.process_time() - t0
+        return out
+    return wrapper
+
+
+def profile(a, method: str) -> dict[str, float]:
 
     from rlhfkit import policy
     from rlhfkit.params import PipelineParams
@@ -49,15 +62,8 @@ def profile(a, method: str) -> dict[str, float]:
     t = policy.build_trainer(cfg, make_accelerator())
     spent: collections.Counter = collections.Counter()
 
-    def timed(label, inner, in_update=False):
-        def wrapper(*args, **kw):
-            if torch.is_grad_enabled() and not in_update:  # a forward inside the update
-                return inner(*args, **kw)
-            t0 = time.process_time()
-            out = inner(*args, **kw)
-            spent[label] += time.process_time() - t0
-            return out
-        return wrapper
+    def timed(label, inner, in_update=False):  # forwards inside the update are not the rollout's
+        return _timer(spent, label, inner, no_grad_only=not in_update)
 
     for name, label in (("sample", "sampling"), ("scores", "reward model"),
                         ("values", "values (rollout)"), ("logits", "reference")):
@@ -99,7 +105,6 @@ def profile_trl(a, method: str) -> dict[str, float]:
     forwards) and `training_step` less its generation (the update passes). The first
     generation round and its passes are the warm-up."""
     import ppo_vs_trl as P
-    import torch
     import trl
 
     cls = trl.RLOOTrainer if method == "rloo" else trl.GRPOTrainer
@@ -108,14 +113,7 @@ def profile_trl(a, method: str) -> dict[str, float]:
     rounds, clock = [0], {}
 
     def timed(label, inner, *, no_grad_only=False):
-        def wrapper(*args, **kw):
-            if no_grad_only and torch.is_grad_enabled():
-                return inner(*args, **kw)
-            t0 = time.process_time()
-            out = inner(*args, **kw)
-            spent[label] += time.process_time() - t0
-            return out
-        return wrapper
+        return _timer(spent, label, inner, no_grad_only=no_grad_only)
 
     gen_score = cls._generate_and_score_completions
 
