@@ -40,7 +40,6 @@ def _timer(spent, label, inner, *, no_grad_only: bool):
 
 
 def profile(a, method: str) -> dict[str, float]:
-
     from rlhfkit import policy
     from rlhfkit.params import PipelineParams
     from rlhfkit.policy_model import Roles
@@ -166,6 +165,8 @@ def main() -> None:
     B.child_setup()
     rows = []
     for method in a.methods:
+        if a.side == "trl" and method not in ("rloo", "grpo"):
+            ap.error(f"--side trl profiles TRL's RLOO and GRPO trainers, not {method}")
         res = profile_trl(a, method) if a.side == "trl" else profile(a, method)
         step = res.pop("step")
         real, padded = res.pop("response tokens"), res.pop("padded response tokens")
