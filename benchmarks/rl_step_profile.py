@@ -162,11 +162,11 @@ def main() -> None:
     ap.add_argument("--tuning", default="lora", choices=["lora", "full"],
                     help="LoRA rank 4 or full tuning (full: the value head shares the trunk)")
     a = ap.parse_args()
+    if a.side == "trl" and set(a.methods) - {"rloo", "grpo"}:
+        ap.error("--side trl profiles TRL's RLOO and GRPO trainers only")
     B.child_setup()
     rows = []
     for method in a.methods:
-        if a.side == "trl" and method not in ("rloo", "grpo"):
-            ap.error(f"--side trl profiles TRL's RLOO and GRPO trainers, not {method}")
         res = profile_trl(a, method) if a.side == "trl" else profile(a, method)
         step = res.pop("step")
         real, padded = res.pop("response tokens"), res.pop("padded response tokens")
