@@ -304,11 +304,11 @@ def test_plan_reads_a_t5_shape():
     # of width 1024; a decoder block has 4 + 4 attention projections and 3 FF ones.
     from transformers import T5Config
 
-    from rlhfkit import plan
+    from rlhfkit import plan_shapes
 
     config = T5Config(vocab_size=32128, d_model=512, d_kv=64, d_ff=1024, num_layers=8,
                       num_heads=6, feed_forward_proj="gated-gelu")
-    shape = plan.shape_from_config(config, "t5-small")
+    shape = plan_shapes.shape_from_config(config, "t5-small")
     assert shape.num_layers == 16 and shape.gated_mlp and shape.intermediate_size == 1024
     assert shape.kv_dim == 6 * 64 and len(shape.block_linears) == 11
     # embeddings (tied to the LM head in transformers 5) 32128 x 512 = 16.45M, encoder
