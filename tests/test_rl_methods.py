@@ -19,6 +19,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.models import encode_prompts
 from rlhfkit.params import PipelineParams
 from rlhfkit.policy_model import build_roles
+from rlhfkit.policy_rollout import Rollout, pieces
 from rlhfkit.training import make_accelerator
 
 
@@ -60,6 +61,72 @@ def test_sampler_values_equal_a_forward_pass(lora_dim, arch, tiny_model_dirs, re
 def _grads(roles) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in roles.trainable_parameters().items()
             if p.grad is not None}
+
+
+def grouped_rollout(roles, k: int = 3) -> Rollout:
+    """Two prompts (one short: left padding) x k responses; the short prompt's responses
+    all end at their 3rd token (EOS, then padding), so its rows trim both sides."""
+    tok = roles.tokenizer
+    q = encode_prompts(tok, ["a", "a much longer prompt about my dog"], 16)
+    q = {key: v.repeat_interleave(k, 0) for key, v in q.items()}
+    g = torch.Generator().manual_seed(3)
+    responses = torch.randint(3, tok.vocab_size, (2 * k, 6), generator=g)
+    responses[responses == tok.eos_token_id] = 3
+    responses[:k, 2], responses[:k, 3:] = tok.eos_token_id, tok.pad_token_id
+    mask = pm.response_mask(responses, roles.eos_ids)
+    ids = torch.cat([q["input_ids"], responses], 1)
+    attn = torch.cat([q["attention_mask"], torch.ones_like(responses)], 1)
+    zeros, lp = torch.zeros(2 * k), torch.zeros(responses.shape)
+    return Rollout(q["input_ids"], q["attention_mask"], responses, mask, ids, attn, lp, lp,
+                   None, zeros, zeros, zeros, zeros.bool())
+
+
+def check_prompt_once(roles, k: int = 3) -> None:
+    """Logits and gradient of one prompt pass shared by k responses (RLOO / GRPO) and of
+    trimmed pieces equal k full passes over each prompt and response joined."""
+    roll = grouped_rollout(roles, k)
+    width = roll.responses.shape[1]
+    short = roll.piece(torch.arange(k))
+    assert short.query_ids.shape[1] < roll.query_ids.shape[1] and short.width == 3
+    assert [len(p) for p in pieces(roll, torch.arange(2 * k), k, k)] == [k, k]
+    w = torch.randn(roll.mask.shape, generator=torch.Generator().manual_seed(4)) * roll.mask
+
+    def loss(logits, p):  # a weighted sum of the response log-probs, as the RL losses
+        return (pm.logprobs_from_logits(logits, p.responses) * p.cut(w)).sum()
+
+    for reference in (False, True):
+        with torch.no_grad():
+            full = roles.logits(roll.ids, roll.attn, width, reference=reference)
+        for rows in (torch.arange(2 * k), torch.arange(k), torch.arange(k, 2 * k)):
+            p = roll.piece(rows)
+            once = roles.response_logits(p, k, reference=reference)
+            assert once.shape == (len(rows), p.width, full.shape[-1])
+            assert torch.allclose(once, full[rows, :p.width], atol=1e-4, rtol=1e-4), (reference, rows)
+    roles.zero_grad(set_to_none=True)
+    p = roll.piece(torch.arange(2 * k))
+    loss(roles.response_logits(p, k), p).backward()
+    once = _grads(roles)
+    roles.zero_grad(set_to_none=True)
+    loss(roles.logits(roll.ids, roll.attn, width), roll.piece(torch.arange(2 * k))).backward()
+    full = _grads(roles)
+    assert once.keys() == full.keys() and once
+    for name in once:
+        scale = full[name].abs().max()
+        assert (once[name] - full[name]).abs().max() <= 1e-4 * scale + 1e-6, name
+    assert any(g.abs().max() > 0 for g in once.values())
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
+def test_prompt_once_for_k_responses_equals_k_passes(arch, tiny_model_dirs, reward_models):
+    # RLOO / GRPO continue each prompt's KV cache with its k responses; a piece drops the
+    # columns no row needs. Same logits (policy and reference) and same gradient.
+    roles = build_roles(str(tiny_model_dirs[arch]), reward_models[arch], 1, True,
+                        value_model="none")
+    with torch.no_grad():  # a policy that differs from the reference
+        for n, p in roles.lm.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.3)
+    check_prompt_once(roles)
 
 
 @pytest.mark.parametrize("lora_dim", [0, 1])

@@ -127,6 +127,13 @@ def _roles(tiny_t5_dir, t5_reward, value_model="separate", lora_dim=2, temperatu
     return roles
 
 
+def test_t5_encoder_once_for_k_responses_equals_k_passes(tiny_t5_dir, t5_reward):
+    # RLOO / GRPO on T5: the encoder runs once per prompt for its k responses.
+    from test_rl_methods import check_prompt_once
+
+    check_prompt_once(_roles(tiny_t5_dir, t5_reward))
+
+
 @pytest.mark.parametrize("value_model", ["separate", "shared"])
 def test_t5_rollout_logprobs_values_equal_teacher_forced_forward(tiny_t5_dir, t5_reward,
                                                                  value_model):

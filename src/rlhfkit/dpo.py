@@ -48,7 +48,7 @@ import torch
 from rlhfkit import dpo_math, log, models, runstate, training
 from rlhfkit.errors import RlhfkitError
 from rlhfkit.params import PipelineParams
-from rlhfkit.policy_model import positions
+from rlhfkit.policy_model import prompt_once_logits
 from rlhfkit.ppo_math import logprobs_from_logits
 from rlhfkit.reward_data import encode_prompt_ids, encode_response_ids, epoch_order, global_batch
 
@@ -154,41 +154,11 @@ def pair_layout(pairs: PreferencePairs, pad_id: int) -> dict[str, torch.Tensor]:
 def response_logprobs(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                       response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
     """Summed log-probabilities of each response given its prompt: (2n,), in `pair_layout`'s
-    row order. The n prompts run once; their key/value cache, repeated for the chosen and
-    the rejected rows, serves both continuations. The last prompt position predicts a
-    response's first token, response position j its token j + 1. An encoder-decoder
-    (T5): `seq2seq_response_logprobs`."""
-    if lm.config.is_encoder_decoder:
-        return seq2seq_response_logprobs(lm, prompt_ids, prompt_mask, response_ids,
-                                         response_mask)
-    n = prompt_ids.shape[0]
-    out = lm(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
-             use_cache=True, logits_to_keep=1)
-    cache = out.cache  # transformers 5's DynamicCache (the `past_key_values` name is deprecated)
-    cache.reorder_cache(torch.arange(n, device=prompt_ids.device).repeat(2))  # chosen, rejected
-    start = prompt_mask.long().sum(-1).repeat(2)[:, None]  # real prompt tokens of each row
-    cont = lm(input_ids=response_ids,
-              attention_mask=torch.cat([prompt_mask.repeat(2, 1), response_mask], 1),
-              position_ids=start + torch.arange(response_ids.shape[1], device=start.device),
-              cache=cache, use_cache=True)
-    logits = torch.cat([out.logits[:, -1:].repeat(2, 1, 1), cont.logits[:, :-1]], 1)
-    return (logprobs_from_logits(logits, response_ids) * response_mask).sum(-1)
-
-
-def seq2seq_response_logprobs(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                              response_ids: torch.Tensor, response_mask: torch.Tensor
-                              ) -> torch.Tensor:
-    """`response_logprobs` of an encoder-decoder: the n prompts are the encoder's input
-    and run once; the 2n responses are decoder targets (inputs shifted right) under their
-    prompt's encoder output, repeated for the chosen and the rejected rows. -> (2n,)"""
-    from transformers.modeling_outputs import BaseModelOutput
-
-    k = response_ids.shape[0] // prompt_ids.shape[0]
-    enc = lm.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask).last_hidden_state
-    dec_in = models.decoder_inputs(response_ids, lm.config.decoder_start_token_id)
-    logits = lm(encoder_outputs=BaseModelOutput(last_hidden_state=enc.repeat(k, 1, 1)),
-                attention_mask=prompt_mask.repeat(k, 1), decoder_input_ids=dec_in,
-                use_cache=False).logits
+    row order. The n prompts run once (an encoder-decoder: its encoder); their key/value
+    cache, repeated for the chosen and the rejected rows, serves both continuations
+    (`policy_model.prompt_once_logits`)."""
+    rows = torch.arange(prompt_ids.shape[0], device=prompt_ids.device).repeat(2)
+    logits = prompt_once_logits(lm, prompt_ids, prompt_mask, response_ids, response_mask, rows)
     return (logprobs_from_logits(logits, response_ids) * response_mask).sum(-1)
 
 

@@ -45,7 +45,15 @@ from rlhfkit.params import PipelineParams
 from rlhfkit.plan_fit import fit_memory
 from rlhfkit.policy_files import META_FILE, STAGE_DIR, resume, save_state, write_outputs
 from rlhfkit.policy_model import Roles, build_roles
-from rlhfkit.policy_rollout import PromptOrder, Rollout, format_samples, micro_slices, rollout
+from rlhfkit.policy_rollout import (
+    Piece,
+    PromptOrder,
+    Rollout,
+    format_samples,
+    micro_slices,
+    pieces,
+    rollout,
+)
 from rlhfkit.runstate import (
     done_hash,
     is_done,
@@ -212,16 +220,15 @@ def ppo_step(t: Trainer, roll: Rollout, kl: torch.Tensor, step: int) -> dict[str
         rewards = pm.whiten(rewards, roll.mask, shift_mean=False, all_reduce=t.all_sum)
     advantages, returns = pm.gae(rewards, roll.values, roll.mask, cfg.gamma, cfg.lam)
     advantages = pm.whiten(advantages, roll.mask, all_reduce=t.all_sum)
-    width = roll.mask.shape[1]
 
-    def loss_of(j: torch.Tensor, n: Counts) -> dict[str, torch.Tensor]:
-        mask = roll.mask[j]
+    def loss_of(p: Piece, n: Counts) -> dict[str, torch.Tensor]:
+        mask, returns_p = p.mask, p.cut(returns)
         if t.roles.shared_value:  # one forward, one backward of pg + vf_coef * vf
-            logits, values = t.roles.policy_and_values(roll.ids[j], roll.attn[j], width)
+            logits, values = t.roles.policy_and_values(p.ids, p.attn, p.width)
         else:
-            logits = t.roles.logits(roll.ids[j], roll.attn[j], width)
-        logp = pm.logprobs_from_logits(logits, roll.responses[j])
-        pg, pstats = pm.policy_loss(logp, roll.logprobs[j], advantages[j], mask,
+            logits = t.roles.logits(p.ids, p.attn, p.width)
+        logp = pm.logprobs_from_logits(logits, p.responses)
+        pg, pstats = pm.policy_loss(logp, p.cut(roll.logprobs), p.cut(advantages), mask,
                                     cfg.cliprange, count=n.tokens)
         ent = _entropy(logits, mask, n.tokens)
         check_finite(step, t.all_sum, **{"policy loss": pg.detach(), "policy logits": logits.detach()})
@@ -230,13 +237,13 @@ def ppo_step(t: Trainer, roll: Rollout, kl: torch.Tensor, step: int) -> dict[str
             # A separate value adapter: policy loss back-propagated first, so only one
             # graph is alive at a time (the accumulated gradient is the same).
             pg.backward()
-            values = t.roles.values(roll.ids[j], roll.attn[j], width)
-        vf, vstats = pm.value_loss(values, roll.values[j], returns[j], mask,
+            values = t.roles.values(p.ids, p.attn, p.width)
+        vf, vstats = pm.value_loss(values, p.cut(roll.values), returns_p, mask,
                                    cfg.cliprange_value, count=n.tokens)
         check_finite(step, t.all_sum, **{"value loss": vf.detach()})
         (pg + cfg.vf_coef * vf if t.roles.shared_value else cfg.vf_coef * vf).backward()
         with torch.no_grad():
-            err = pm.masked_mean((values - returns[j]) ** 2, mask, count=n.tokens)
+            err = pm.masked_mean((values - returns_p) ** 2, mask, count=n.tokens)
             vpred = pm.masked_mean(values, mask, count=n.tokens)
         return {"ppo/loss/policy": pg, "ppo/loss/value": vf,
                 "ppo/loss/total": pg.detach() + cfg.vf_coef * vf.detach(),
@@ -244,7 +251,7 @@ def ppo_step(t: Trainer, roll: Rollout, kl: torch.Tensor, step: int) -> dict[str
                 "ppo/policy/approxkl": pstats["approxkl"], "ppo/val/clipfrac": vstats["clipfrac"],
                 "ppo/val/vpred": vpred, "ppo/val/error": err}
 
-    stats = update(t, roll.mask, loss_of, step, "ppo")
+    stats = update(t, roll, loss_of, step, "ppo")
     stats["ppo/returns/mean"] = _global_mean(t, pm.masked_mean(returns, roll.mask))
     return stats
 
@@ -256,20 +263,19 @@ def rloo_step(t: Trainer, roll: Rollout, kl: torch.Tensor, step: int) -> dict[st
     cfg = t.cfg
     rewards = roll.scores - t.kl_ctl.value * rl.sequence_kl(kl, roll.mask)
     advantages = rl.rloo_advantages(rewards, cfg.k)
-    width = roll.mask.shape[1]
 
-    def loss_of(j: torch.Tensor, n: Counts) -> dict[str, torch.Tensor]:
-        logits = t.roles.logits(roll.ids[j], roll.attn[j], width)
-        logp = pm.logprobs_from_logits(logits, roll.responses[j])
-        loss, st = rl.rloo_loss(logp, roll.logprobs[j], advantages[j], roll.mask[j],
+    def loss_of(p: Piece, n: Counts) -> dict[str, torch.Tensor]:
+        logits = t.roles.response_logits(p, cfg.k)  # each prompt once for its k responses
+        logp = pm.logprobs_from_logits(logits, p.responses)
+        loss, st = rl.rloo_loss(logp, p.cut(roll.logprobs), advantages[p.rows], p.mask,
                                 cfg.cliprange, n.sequences)
         check_finite(step, t.all_sum, **{"policy loss": loss.detach(), "policy logits": logits.detach()})
         loss.backward()
         return {"rloo/loss/policy": loss, "rloo/policy/clipfrac": st["clipfrac"],
                 "rloo/policy/approxkl": st["approxkl"],
-                "rloo/policy/entropy": _entropy(logits, roll.mask[j], n.tokens)}
+                "rloo/policy/entropy": _entropy(logits, p.mask, n.tokens)}
 
-    stats = update(t, roll.mask, loss_of, step, "rloo")
+    stats = update(t, roll, loss_of, step, "rloo")
     stats["rloo/advantages/std"] = _global_mean(t, advantages.std())
     return stats
 
@@ -281,22 +287,21 @@ def grpo_step(t: Trainer, roll: Rollout, kl: torch.Tensor, step: int) -> dict[st
     cfg = t.cfg
     advantages = rl.group_advantages(roll.scores, cfg.k, scale=cfg.loss_type != "dr_grpo")
     ref = roll.ref_logprobs if t.roles.has_reference else None
-    width = roll.mask.shape[1]
 
-    def loss_of(j: torch.Tensor, n: Counts) -> dict[str, torch.Tensor]:
-        logits = t.roles.logits(roll.ids[j], roll.attn[j], width)
-        logp = pm.logprobs_from_logits(logits, roll.responses[j])
-        w = rl.token_weights(roll.mask[j], cfg.loss_type, n.sequences, n.tokens,
+    def loss_of(p: Piece, n: Counts) -> dict[str, torch.Tensor]:
+        logits = t.roles.response_logits(p, cfg.k)  # each prompt once for its k responses
+        logp = pm.logprobs_from_logits(logits, p.responses)
+        w = rl.token_weights(p.mask, cfg.loss_type, n.sequences, n.tokens,
                              cfg.target_sequence_length)
-        loss, st = rl.grpo_loss(logp, roll.logprobs[j], None if ref is None else ref[j],
-                                advantages[j], w, cfg.cliprange, t.kl_ctl.value)
+        loss, st = rl.grpo_loss(logp, p.cut(roll.logprobs), None if ref is None else p.cut(ref),
+                                advantages[p.rows], w, cfg.cliprange, t.kl_ctl.value)
         check_finite(step, t.all_sum, **{"policy loss": loss.detach(), "policy logits": logits.detach()})
         loss.backward()
         return {"grpo/loss/policy": loss, "grpo/kl": st["kl"],
                 "grpo/policy/clipfrac": st["clipfrac"], "grpo/policy/approxkl": st["approxkl"],
-                "grpo/policy/entropy": _entropy(logits, roll.mask[j], n.tokens)}
+                "grpo/policy/entropy": _entropy(logits, p.mask, n.tokens)}
 
-    stats = update(t, roll.mask, loss_of, step, "grpo")
+    stats = update(t, roll, loss_of, step, "grpo")
     flat = (rl.grouped(roll.scores, cfg.k).std(1) == 0).float().mean()
     stats["grpo/zero_std_fraction"] = _global_mean(t, flat)  # groups with no signal
     return stats
@@ -311,27 +316,26 @@ class Counts:
     sequences: torch.Tensor
 
 
-def update(t: Trainer, mask: torch.Tensor, loss_of, step: int, prefix: str
-           ) -> dict[str, float]:
-    """`ppo_epochs` passes over `num_minibatches` shuffled minibatches of the episodes
-    (`mask` (E, T): their response tokens); each minibatch is one optimizer step,
-    accumulated over micro-batches, `loss_of(indices, counts)` back-propagating a piece's
-    loss and returning its statistics. Gradients are summed over ranks, so the update is
+def update(t: Trainer, roll: Rollout, loss_of, step: int, prefix: str) -> dict[str, float]:
+    """`ppo_epochs` passes over `num_minibatches` shuffled minibatches of the episodes;
+    each minibatch is one optimizer step, accumulated over its micro-batches
+    (`policy_rollout.pieces`), `loss_of(piece, counts)` back-propagating a piece's loss and
+    returning its statistics. Minibatches hold whole groups (a prompt's k responses), so a
+    prompt runs once for all of them. Gradients are summed over ranks, so the update is
     exactly that of one process holding the whole batch."""
-    cfg = t.cfg
+    cfg, mask, k = t.cfg, roll.mask, t.cfg.k
     params = list(t.roles.trainable_parameters().values())
-    n = mask.shape[0]
-    size = n // cfg.num_minibatches
+    size = mask.shape[0] // k // cfg.num_minibatches  # groups per minibatch
     totals: dict[str, torch.Tensor] = {}
     for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(n)
-        for k in range(cfg.num_minibatches):
-            idx = perm[k * size:(k + 1) * size]
+        perm = torch.randperm(mask.shape[0] // k)  # of groups; k = 1: of episodes
+        for m in range(cfg.num_minibatches):
+            idx = (perm[m * size:(m + 1) * size, None] * k + torch.arange(k)).reshape(-1)
             counts = Counts(t.all_sum(mask[idx].sum().clone()),
                             t.all_sum(torch.tensor(float(len(idx)), device=mask.device)))
             t.optimizer.zero_grad(set_to_none=True)
-            for s in micro_slices(len(idx), cfg.micro_batch_size):
-                _add(totals, loss_of(idx[s], counts))
+            for p in pieces(roll, idx, cfg.micro_batch_size, k):
+                _add(totals, loss_of(p, counts))
             _sync_gradients(t, [p for p in params if not sharding.is_dtensor(p)])
             norm = sharding.clip_grad_norm_(params, cfg.max_grad_norm)
             check_finite(step, t.all_sum, **{"gradient norm": norm})
@@ -470,6 +474,7 @@ def build_trainer(cfg: PolicyConfig, accelerator) -> Trainer:
                         ).to(accelerator.device)
     prompts = [prompt_text(r, cfg.instruction, roles.tokenizer) for r in records]
     if cfg.sharding == "fsdp" and world > 1:  # before the optimizer: weights become shards
+        roles.share_prompts = False
         for model in (roles.lm, roles.reference):
             if model is not None:
                 sharding.shard(model)

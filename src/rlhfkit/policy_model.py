@@ -123,6 +123,39 @@ def positions(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
+def prompt_once_logits(lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                       response_ids: torch.Tensor, response_mask: torch.Tensor,
+                       rows: torch.Tensor) -> torch.Tensor:
+    """Next-token logits of responses whose prompts run once. prompt_ids, prompt_mask
+    (n, P): left-padded prompts; response_ids, response_mask (R, T): row r continues prompt
+    rows[r] (rows (R,), long). The prompts' key/value cache, reordered to the response rows,
+    serves every continuation, and gradients flow through it into the one prompt pass.
+    -> (R, T, V): position j predicts response token j (the last prompt position, token 0).
+    An encoder-decoder runs its encoder once per prompt instead. Used where several
+    responses share a prompt: DPO's chosen and rejected, RLOO's and GRPO's k samples."""
+    if lm.config.is_encoder_decoder:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        enc = lm.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask).last_hidden_state
+        return lm(encoder_outputs=BaseModelOutput(last_hidden_state=enc[rows]),
+                  attention_mask=prompt_mask[rows], use_cache=False,
+                  decoder_input_ids=decoder_inputs(response_ids, lm.config.decoder_start_token_id)
+                  ).logits
+    out = lm(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions(prompt_mask),
+             use_cache=True, logits_to_keep=1)
+    first = out.logits[rows]
+    if response_ids.shape[1] == 1:
+        return first
+    cache = out.cache  # transformers 5's DynamicCache (the `past_key_values` name is deprecated)
+    cache.reorder_cache(rows)
+    start = prompt_mask.long().sum(-1)[rows][:, None]  # each row's real prompt tokens
+    cont = lm(input_ids=response_ids[:, :-1],  # the last token predicts nothing we need
+              attention_mask=torch.cat([prompt_mask[rows], response_mask[:, :-1]], 1),
+              position_ids=start + torch.arange(response_ids.shape[1] - 1, device=start.device),
+              cache=cache, use_cache=True)
+    return torch.cat([first, cont.logits], 1)
+
+
 # -- the roles ----------------------------------------------------------------------------
 
 class Roles(torch.nn.Module):
@@ -155,6 +188,9 @@ class Roles(torch.nn.Module):
         self.eos_ids = [i for i in dict.fromkeys([tokenizer.eos_token_id, *extra])
                         if i is not None]
         self._active = None
+        # RLOO / GRPO: a prompt's k responses continue one prompt pass (off under FSDP
+        # sharding, whose per-layer hooks expect one forward per layer before backward)
+        self.share_prompts = True
         self.requires_grad_(False)
         for p in self.trainable_parameters().values():
             p.requires_grad_(True)
@@ -189,25 +225,42 @@ class Roles(torch.nn.Module):
         return self.peft is not None or self.reference is not None
 
     # forward passes ----------------------------------------------------------------------
-    def logits(self, ids, mask, n_response: int, reference: bool = False) -> torch.Tensor:
-        """Next-token logits / temperature at the positions that predict the last
-        `n_response` tokens: ids, mask (B, L) -> (B, n_response, V)."""
+    def _policy_or_reference(self, reference: bool):
+        """(model, context) for a policy or a reference forward pass."""
         if reference and self.peft is None:
             if self.reference is None:
                 raise RuntimeError("no reference model was loaded (kl_coeff = 0)")
-            model, ctx = self.reference, nullcontext()
-        else:
-            self._use("policy")
-            model = self.lm
-            ctx = self.peft.disable_adapter() if reference else nullcontext()
+            return self.reference, nullcontext()
+        self._use("policy")
+        if reference:
+            self._active = None  # re-enabling adapters resets requires_grad: redo on next use
+            return self.lm, self.peft.disable_adapter()
+        return self.lm, nullcontext()
+
+    def logits(self, ids, mask, n_response: int, reference: bool = False) -> torch.Tensor:
+        """Next-token logits / temperature at the positions that predict the last
+        `n_response` tokens: ids, mask (B, L) -> (B, n_response, V)."""
+        model, ctx = self._policy_or_reference(reference)
         with ctx:
             if self.seq2seq:  # the decoder's logits at the n_response target positions
                 logits = model(**self._split(ids, mask, n_response), use_cache=False).logits
             else:
                 logits = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                                logits_to_keep=n_response + 1, use_cache=False).logits[:, :-1]
-        if reference:
-            self._active = None  # re-enabling adapters reset requires_grad: redo on next use
+        return logits / self.temperature
+
+    def response_logits(self, piece, k: int = 1, reference: bool = False) -> torch.Tensor:
+        """`logits` of a rollout piece (`policy_rollout.Piece`: b rows, t response tokens)
+        -> (b, t, V). With k > 1 the piece holds whole groups (each prompt's k responses in
+        a row) and each prompt runs once (`prompt_once_logits`): k responses cost one
+        prompt pass, not k."""
+        if k == 1 or not self.share_prompts:
+            return self.logits(piece.ids, piece.attn, piece.width, reference)
+        model, ctx = self._policy_or_reference(reference)
+        rows = torch.arange(len(piece) // k, device=piece.responses.device).repeat_interleave(k)
+        with ctx:
+            logits = prompt_once_logits(model, piece.query_ids[::k], piece.query_mask[::k],
+                                        piece.responses, torch.ones_like(piece.responses), rows)
         return logits / self.temperature
 
     def _split(self, ids, mask, n_response: int) -> dict[str, torch.Tensor]:

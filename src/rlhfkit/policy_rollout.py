@@ -3,7 +3,7 @@ record) and the TensorBoard text samples. Shared by PPO, RLOO and GRPO (`rlhfkit
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -66,6 +66,60 @@ class Rollout:
     def __len__(self) -> int:
         return self.responses.shape[0]
 
+    def piece(self, rows: torch.Tensor) -> Piece:
+        """These rows, trimmed to the columns some row needs."""
+        p = max(1, int(self.query_mask[rows].sum(1).max()))  # left padding cut
+        t = max(1, int(self.mask[rows].sum(1).max()))        # past every row's EOS cut
+        return Piece(rows, self.query_ids[rows, -p:], self.query_mask[rows, -p:],
+                     self.responses[rows, :t], self.mask[rows, :t])
+
+
+@dataclass
+class Piece:
+    """Rows of a rollout for one forward pass (b rows, p prompt and t response columns),
+    trimmed of the columns no row needs: prompt columns that are left padding in every row
+    and response columns past every row's EOS. Positions count from each row's first real
+    token and attention is causal, so the kept positions' logits equal the whole batch's."""
+
+    rows: torch.Tensor        # (b,) indices into the rollout
+    query_ids: torch.Tensor   # (b, p)
+    query_mask: torch.Tensor  # (b, p)
+    responses: torch.Tensor   # (b, t)
+    mask: torch.Tensor        # (b, t)
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.responses.shape[1]
+
+    @property
+    def ids(self) -> torch.Tensor:  # (b, p + t), query and response joined
+        return torch.cat([self.query_ids, self.responses], 1)
+
+    @property
+    def attn(self) -> torch.Tensor:
+        return torch.cat([self.query_mask, torch.ones_like(self.responses)], 1)
+
+    def cut(self, x: torch.Tensor) -> torch.Tensor:
+        """A per-token tensor of the whole rollout (E, T) -> this piece's (b, t)."""
+        return x[self.rows, :self.width]
+
+
+def pieces(roll: Rollout, idx: torch.Tensor, micro: int | None, k: int):
+    """The micro-batches of the rows `idx` (whole groups: each prompt's k responses in a
+    row): at most `micro` rows each, rounded down to whole groups (at least one). With more
+    than one piece the groups go longest first, so each piece trims more padding; the summed
+    losses do not change (every loss is normalised by the minibatch's counts)."""
+    groups = idx.reshape(-1, k)
+    per = max(1, (micro or len(idx)) // k)
+    if per < len(groups):
+        real = roll.query_mask[groups[:, 0]].sum(1) + roll.mask[groups].sum(2).amax(1)
+        groups = groups[torch.argsort(real, descending=True, stable=True)]
+    for s in range(0, len(groups), per):
+        yield roll.piece(groups[s:s + per].reshape(-1))
+
 
 @torch.no_grad()
 def rollout(roles: Roles, cfg, query: dict[str, torch.Tensor], step: int,
@@ -94,28 +148,35 @@ def rollout(roles: Roles, cfg, query: dict[str, torch.Tensor], step: int,
     mask = pm.response_mask(responses, roles.eos_ids)
     ids = torch.cat([query["input_ids"], responses], 1)
     attn = torch.cat([query["attention_mask"], torch.ones_like(responses)], 1)
-    ref, sep_values, scores = [], [], []
+    scores = []
     for s in micro:
-        if roles.has_reference:  # with LoRA the reference costs one forward pass, no memory
-            ref_logits = roles.logits(ids[s], attn[s], width, reference=True)
-            ref.append(pm.logprobs_from_logits(ref_logits, responses[s]))
-            del ref_logits
-        else:  # full tuning with kl_coeff = 0: no reference loaded, KL reads 0
-            ref.append(logprobs[s])
-        if want_values and values is None:  # a separate value adapter: its own pass
-            sep_values.append(roles.values(ids[s], attn[s], width))
         reward_in = roles.reward_inputs(query["input_ids"][s], query["attention_mask"][s],
                                         responses[s], mask[s])
         scores.append(roles.scores(**reward_in))
-    if sep_values:
-        values = torch.cat(sep_values)
     stop = torch.tensor(roles.eos_ids, dtype=torch.long, device=responses.device)
     has_eos = torch.isin(responses, stop).any(1)
     raw = torch.cat(scores)
-    return Rollout(query["input_ids"], query["attention_mask"], responses, mask, ids, attn,
-                   logprobs, torch.cat(ref), values, raw,
-                   shape_scores(raw, has_eos, cfg, reward_norm), (entropy * mask).sum(1),
-                   has_eos)
+    roll = Rollout(query["input_ids"], query["attention_mask"], responses, mask, ids, attn,
+                   logprobs, logprobs, values, raw, shape_scores(raw, has_eos, cfg, reward_norm),
+                   (entropy * mask).sum(1), has_eos)
+    return _reference_and_values(roles, roll, cfg, separate_values=want_values and values is None)
+
+
+def _reference_and_values(roles: Roles, roll: Rollout, cfg, separate_values: bool) -> Rollout:
+    """The reference's log-probs of the sampled tokens and (a separate value adapter) the
+    values, piece by piece: a prompt's k responses share one prompt pass. Without a
+    reference (full tuning, kl_coeff = 0) the KL reads 0; past a piece's trimmed width
+    (after every row's EOS) the reference copies the sampler's log-probs (KL 0 there)."""
+    ref = roll.logprobs.clone()
+    values = torch.zeros_like(roll.logprobs) if separate_values else roll.values
+    for p in pieces(roll, torch.arange(len(roll)), cfg.micro_batch_size, cfg.k):
+        if roles.has_reference:  # with LoRA the reference costs one forward pass, no memory
+            ref_logits = roles.response_logits(p, cfg.k, reference=True)
+            ref[p.rows, :p.width] = pm.logprobs_from_logits(ref_logits, p.responses)
+            del ref_logits
+        if separate_values:  # a separate value adapter: its own pass
+            values[p.rows, :p.width] = roles.values(p.ids, p.attn, p.width)
+    return replace(roll, ref_logprobs=ref, values=values)
 
 
 def shape_scores(scores, has_eos, cfg, norm: tuple[float, float] | None):
