@@ -65,15 +65,15 @@ def profile(a, method: str) -> dict[str, float]:
         return _timer(spent, label, inner, no_grad_only=not in_update)
 
     for name, label in (("sample", "sampling"), ("scores", "reward model"),
-                        ("values", "values (rollout)"), ("logits", "reference")):
+                        ("values", "values (rollout)"), ("response_logits", "reference")):
         setattr(Roles, name, timed(label, getattr(Roles, name)))
     policy.update = timed("update passes", policy.update, in_update=True)
     inner_update = policy.update
 
-    def counted(t, mask, *args, **kw):  # response tokens: real and padded (E x T)
-        tokens["response tokens"] += float(mask.sum())
-        tokens["padded response tokens"] += mask.numel()
-        return inner_update(t, mask, *args, **kw)
+    def counted(t, roll, *args, **kw):  # response tokens: real and padded (E x T)
+        tokens["response tokens"] += float(roll.mask.sum())
+        tokens["padded response tokens"] += roll.mask.numel()
+        return inner_update(t, roll, *args, **kw)
 
     tokens: collections.Counter = collections.Counter()
     policy.update = counted

@@ -116,6 +116,32 @@ def check_prompt_once(roles, k: int = 3) -> None:
     assert any(g.abs().max() > 0 for g in once.values())
 
 
+def check_sampler_groups(roles, k: int = 3) -> None:
+    """The sampler with k (one prompt pass per group of k copies) draws what the sampler
+    without it draws from the same seed, with the same log-probs and values."""
+    q = encode_prompts(roles.tokenizer, ["a", "a much longer prompt about my dog"], 16)
+    q = {key: v.repeat_interleave(k, 0) for key, v in q.items()}
+    draws = []
+    for kk in (1, k):
+        torch.manual_seed(5)
+        draws.append(roles.sample(q["input_ids"], q["attention_mask"], 6, with_values=True, k=kk))
+    a, b = draws
+    assert torch.equal(a.tokens, b.tokens) and len({tuple(r) for r in a.tokens.tolist()}) > 2
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+    assert (a.values is None) == (b.values is None)
+    if a.values is not None:
+        assert torch.allclose(a.values, b.values, atol=1e-5)
+
+
+@pytest.mark.parametrize("value_model", ["none", "shared"])
+def test_sampler_runs_each_prompt_once_per_group(value_model, tiny_model_dirs, reward_models):
+    roles = build_roles(str(tiny_model_dirs["llama"]), reward_models["llama"], 1, True,
+                        value_model=value_model)
+    if roles.value_head is not None:
+        _nonzero_head(roles)
+    check_sampler_groups(roles)
+
+
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 def test_prompt_once_for_k_responses_equals_k_passes(arch, tiny_model_dirs, reward_models):
     # RLOO / GRPO continue each prompt's KV cache with its k responses; a piece drops the

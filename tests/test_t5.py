@@ -129,9 +129,10 @@ def _roles(tiny_t5_dir, t5_reward, value_model="separate", lora_dim=2, temperatu
 
 def test_t5_encoder_once_for_k_responses_equals_k_passes(tiny_t5_dir, t5_reward):
     # RLOO / GRPO on T5: the encoder runs once per prompt for its k responses.
-    from test_rl_methods import check_prompt_once
+    from test_rl_methods import check_prompt_once, check_sampler_groups
 
     check_prompt_once(_roles(tiny_t5_dir, t5_reward))
+    check_sampler_groups(_roles(tiny_t5_dir, t5_reward, value_model="shared"))
 
 
 @pytest.mark.parametrize("value_model", ["separate", "shared"])

@@ -324,31 +324,41 @@ class Roles(torch.nn.Module):
 
     @torch.no_grad()
     def sample(self, ids, mask, max_new_tokens: int, step: int = 0,
-               with_values: bool = False) -> Sample:
+               with_values: bool = False, k: int = 1) -> Sample:
         """Sample responses from the policy: softmax(logits / temperature), no top-k /
         top-p, so the sampler's logprobs are the policy's (PPO's old logprobs, as TRL reuses its
         generation scores). KV-cached; stops when every row has produced EOS. With
         `with_values` and a shared trunk, the value head reads each step's last hidden state
         (lm-human-preferences: no separate value pass in the rollout). (B, P) -> Sample.
-        A sharded policy is gathered for the response (sharding.gathered)."""
+        k > 1: the rows are groups of k copies of a prompt (RLOO / GRPO), whose prompt pass
+        runs once per group. A sharded policy is gathered for the response
+        (sharding.gathered)."""
         with gathered(self.lm):
-            return self._sample(ids, mask, max_new_tokens, step, with_values)
+            return self._sample(ids, mask, max_new_tokens, step, with_values, k)
 
-    def _sample(self, ids, mask, max_new_tokens: int, step: int, with_values: bool) -> Sample:
+    def _sample(self, ids, mask, max_new_tokens: int, step: int, with_values: bool,
+                k: int = 1) -> Sample:
         self._use("policy")
         with_values = with_values and self.shared_value
         pad = self.tokenizer.pad_token_id
         eos = torch.tensor(self.eos_ids, dtype=torch.long, device=ids.device)
         pos = positions(mask)
+        rows = torch.arange(ids.shape[0] // k, device=ids.device).repeat_interleave(k)
         if self.seq2seq:  # the encoder runs once; the decoder starts from its start token
             enc_mask = mask
-            enc = self.lm.get_encoder()(input_ids=ids, attention_mask=mask)
+            enc = self.lm.get_encoder()(input_ids=ids[::k], attention_mask=mask[::k])
+            enc.last_hidden_state = enc.last_hidden_state[rows]
             start = torch.full_like(ids[:, :1], self.lm.config.decoder_start_token_id)
             out = self.lm(encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=start,
                           use_cache=True, output_hidden_states=with_values)
-        else:
-            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=pos,
+        else:  # one prompt pass per group, its cache copied to the group's k rows
+            out = self.lm(input_ids=ids[::k], attention_mask=mask[::k], position_ids=pos[::k],
                           use_cache=True, logits_to_keep=1, output_hidden_states=with_values)
+            if k > 1:
+                out.cache.reorder_cache(rows)
+                out.logits = out.logits[rows]
+                if with_values:
+                    out.hidden_states = tuple(h[rows] for h in out.hidden_states)
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         tokens, logprobs, entropy, values = [], [], [], []
         for _ in range(max_new_tokens):

@@ -129,12 +129,13 @@ def rollout(roles: Roles, cfg, query: dict[str, torch.Tensor], step: int,
     `cfg`: the stage's PolicyConfig; reward_norm: (mean, std) of the initial scores."""
     tok = roles.tokenizer
     want_values = cfg.rl_algorithm == "ppo"
-    micro = list(micro_slices(query["input_ids"].shape[0], cfg.micro_batch_size))
+    k = cfg.k if roles.share_prompts else 1  # micro-batches of whole groups of k rows
+    micro = list(micro_slices(query["input_ids"].shape[0], cfg.micro_batch_size, k))
     # The sampler's logprobs are the old logprobs (no extra policy forward pass); where the
     # value head shares the policy's trunk, its hidden states give the values too (tests
     # check both equal a batched forward pass's within float tolerance).
     samples = [roles.sample(query["input_ids"][s], query["attention_mask"][s],
-                            cfg.target_sequence_length, step, with_values=want_values)
+                            cfg.target_sequence_length, step, with_values=want_values, k=k)
                for s in micro]
     width = max(x.tokens.shape[1] for x in samples)
 
@@ -189,8 +190,10 @@ def shape_scores(scores, has_eos, cfg, norm: tuple[float, float] | None):
     return scores
 
 
-def micro_slices(n: int, micro: int | None):
-    step = micro or n
+def micro_slices(n: int, micro: int | None, k: int = 1):
+    """Slices of at most `micro` of n rows (all when None), rounded down to whole groups
+    of k rows (at least one group)."""
+    step = max(1, (micro or n) // k) * k
     for i in range(0, n, step):
         yield slice(i, min(i + step, n))
 
