@@ -48,6 +48,7 @@ METHODS = {"ppo-separate": {"rl_algorithm": "ppo", "value_model": "separate"},
            "ppo-shared": {"rl_algorithm": "ppo", "value_model": "shared"},
            "rloo": {"rl_algorithm": "rloo"}, "grpo": {"rl_algorithm": "grpo"},
            "dpo": {"tuning_method": "dpo"}}
+NEAR_CAP = 0.5  # gold points below the cap (world.COVERAGE_POINTS: the best possible score)
 DOC_BEGIN, DOC_END = "<!-- method_quality:begin -->", "<!-- method_quality:end -->"
 
 
@@ -135,6 +136,7 @@ def evaluate(a, params, run: Path) -> dict:
     from rlhfkit import infer
     from rlhfkit.compare_metrics import bootstrap_ci, counts, outcomes
     from rlhfkit.data import load_dataset, prompt_text
+    from rlhfkit.demo.world import COVERAGE_POINTS
 
     records = load_dataset(params.eval_dataset, "eval")[:a.n]
     lengths = (params.prompt_sequence_length, params.target_sequence_length)
@@ -156,7 +158,12 @@ def evaluate(a, params, run: Path) -> dict:
         out[f"example_{name}"] = preds[0]
     res = outcomes([t - b for t, b in zip(gold["tuned"], gold["base"], strict=True)])
     prompts = [prompt_text(r, params.instruction, tok) for r in records]
-    out.update(gold_win_rate=round(float(res.mean()), 4),
+    # Ties where the base summary is already within NEAR_CAP of the gold score's cap (3:
+    # every fact, <= 12 words, nothing wrong): beating it needs a shorter summary with every
+    # fact, a difference of 0.04 gold per word that a 0.70-accurate reward model barely sees.
+    near_cap = sum(t == b and b >= COVERAGE_POINTS - NEAR_CAP
+                   for t, b in zip(gold["tuned"], gold["base"], strict=True))
+    out.update(gold_win_rate=round(float(res.mean()), 4), near_cap_ties=int(near_cap),
                gold_win_rate_ci95=[round(x, 4) for x in bootstrap_ci(res)],
                wins_ties_losses=list(counts(res)),
                kl=round(sampled_kl(models["tuned"], models["base"], tok, prompts, params), 3))
@@ -239,14 +246,16 @@ def tables(rows: list[dict], methods: list[str]) -> tuple[str, str]:
                         f"{mean(r['train_s'] for r in rs):.0f} "
                         f"({mean(r['train_cpu_s'] for r in rs):.0f})"])
     per_run = [[r["method"], r["seed"], r["steps"], ci(r),
-                "/".join(str(x) for x in r["wins_ties_losses"]), f"{r['gold_tuned']:.3f}",
+                "/".join(str(x) for x in r["wins_ties_losses"]), r.get("near_cap_ties", ""),
+                f"{r['gold_tuned']:.3f}",
                 f"{r['kl']:.2f}", f"{r['words_tuned']:.1f}",
                 f"{r['train_s']} ({r['train_cpu_s']})"] for r in rows]
     return (B.markdown_table(["method", "steps", "gold win rate (mean of seeds)",
                               "per seed", "mean gold", "KL to base (nats)", "mean words",
                               "train s wall (CPU)"], summary),
             B.markdown_table(["method", "seed", "steps", "gold win rate [95% CI]",
-                              "wins/ties/losses", "mean gold", "KL (nats)", "mean words",
+                              "wins/ties/losses", "ties near the cap", "mean gold",
+                              "KL (nats)", "mean words",
                               "train s wall (CPU)"], per_run))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import json
 import sys
 import time
 from pathlib import Path
@@ -55,6 +56,9 @@ def profile(a, method: str) -> dict[str, float]:
         kl_coeff=0.05, ppo_epochs=4, num_minibatches=1, rl_algorithm=algorithm,
         num_generations=1 if algorithm == "ppo" else 2, value_model=layout or "separate",
         loss_type="dapo", checkpoint_every_steps=10**9)
+    for kv in a.set or []:  # --set KEY=JSON: e.g. micro_batch_size=4
+        key, value = kv.split("=", 1)
+        setattr(params, key, json.loads(value))
     params.validate()
     cfg = policy.PolicyConfig(params, str(Path(a.work) / method), reward_model_dir=a.reward_dir,
                               samples_every_steps=10**9)
@@ -161,6 +165,8 @@ def main() -> None:
                     "*ForSequenceClassification checkpoint (benchmarks/ppo_vs_trl.py writes one)")
     ap.add_argument("--tuning", default="lora", choices=["lora", "full"],
                     help="LoRA rank 4 or full tuning (full: the value head shares the trunk)")
+    ap.add_argument("--set", action="append", metavar="KEY=JSON",
+                    help="rlhfkit side: override a parameter (e.g. micro_batch_size=4)")
     a = ap.parse_args()
     if a.side == "trl" and set(a.methods) - {"rloo", "grpo"}:
         ap.error("--side trl profiles TRL's RLOO and GRPO trainers only")
