@@ -134,11 +134,11 @@ def profile(a) -> None:
         setattr(Roles, name, counted)
     update = policy.update
 
-    def profiled(t, mask, loss_of, step, prefix):
-        def tallied(j, n):
+    def profiled(t, roll, loss_of, step, prefix):
+        def tallied(piece, n):
             with tally.active():
-                return loss_of(j, n)
-        return update(t, mask, tallied, step, prefix)
+                return loss_of(piece, n)
+        return update(t, roll, tallied, step, prefix)
 
     policy.update = profiled
     policy.train_step(t, 1)
