@@ -65,14 +65,19 @@ def overrides(a, method: str) -> dict:
 
 def params_for(a, method: str, seed: int, steps: int | None) -> dict:
     values = json.loads(Path(a.params).read_text())
+    # Every method scores the file's episodes per step (batch_size x its num_generations)
+    k_file = values.get("num_generations") or (1 if values.get("rl_algorithm", "ppo") == "ppo"
+                                                else 4)
+    episodes = values.get("batch_size", 64) * k_file
     data = Path(a.data).resolve()
     values.update(preference_dataset=str(data / "preference.jsonl"),
                   prompt_dataset=str(data / "prompt.jsonl"), eval_dataset=str(data / "eval.jsonl"),
                   large_model_reference=str(Path(a.model).resolve()), seed=seed,
                   **METHODS[method])
     if method in ("rloo", "grpo"):
-        values.update(num_generations=a.generations,
-                      batch_size=max(1, values.get("batch_size", 64) // a.generations))
+        values.update(num_generations=a.generations, batch_size=max(1, episodes // a.generations))
+    else:  # PPO: one response per prompt; DPO: that many pairs per step
+        values.update(num_generations=None, batch_size=episodes)
     values.update(overrides(a, method))
     if steps is not None:
         values["reinforcement_learning_train_steps"] = steps
