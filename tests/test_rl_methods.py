@@ -19,7 +19,7 @@ from rlhfkit.errors import RlhfkitError
 from rlhfkit.models import encode_prompts
 from rlhfkit.params import PipelineParams
 from rlhfkit.policy_model import build_roles
-from rlhfkit.policy_rollout import Rollout, pieces
+from rlhfkit.policy_rollout import Rollout, micro_slices, pieces
 from rlhfkit.training import make_accelerator
 
 
@@ -88,7 +88,13 @@ def check_prompt_once(roles, k: int = 3) -> None:
     width = roll.responses.shape[1]
     short = roll.piece(torch.arange(k))
     assert short.query_ids.shape[1] < roll.query_ids.shape[1] and short.width == 3
-    assert [len(p) for p in pieces(roll, torch.arange(2 * k), k, k)] == [k, k]
+    # micro-batches hold whole groups: micro_batch_size rounds down to k rows (at least k)
+    assert [len(p) for p in pieces(roll, torch.arange(2 * k), k + 1, k)] == [k, k]
+    assert [len(p) for p in pieces(roll, torch.arange(2 * k), 1, k)] == [k, k]
+    assert [len(p) for p in pieces(roll, torch.arange(2 * k), None, k)] == [2 * k]
+    assert list(micro_slices(2 * k, k + 1, k)) == [slice(0, k), slice(k, 2 * k)]
+    # sorted longest first when split: the long prompt's group comes first
+    assert [int(p.rows[0]) for p in pieces(roll, torch.arange(2 * k), k, k)] == [k, 0]
     w = torch.randn(roll.mask.shape, generator=torch.Generator().manual_seed(4)) * roll.mask
 
     def loss(logits, p):  # a weighted sum of the response log-probs, as the RL losses
