@@ -98,6 +98,28 @@ def test_policy_stage_by_hand():
     assert plan.shards(PipelineParams(), 4) == 1
 
 
+def test_rloo_grpo_stage_by_hand():
+    # RLOO / GRPO, k = 2, LoRA 1 sharing the base: no value adapter or head, trainable =
+    # 272; held = 1480 + 272 + 544 + 8 = 2304. A micro-batch of 4 rows is 2 groups: the
+    # update runs 2 prompts of 5 tokens once and 4 responses of 3: 22 tokens (PPO's 4 rows:
+    # 32): (2 x 136 + 16) x 22 x 4 = 25344 bytes; logits 4 copies x 4 rows x 4 x 10 x 4.
+    est = plan.policy_memory(HAND, HAND, 1, 2, True, 0.1, batch=4, micro=4, prompt_len=5,
+                             target_len=3, dev=CPU, checkpointing=False, k=2, value=False)
+    assert (est.trainable, est.params) == (272, 2304)
+    assert est.activations == 25344 and est.logits == 2560
+    # tokens per step: 4 prompts x 5 + 8 responses x 3 = 44
+    assert est.tokens_per_step == 44
+    # Under FSDP sharding every row runs its prompt: 4 x 8 = 32 tokens.
+    full = plan.policy_memory(HAND, HAND, 0, 0, False, 0.1, 4, 4, 5, 3, CPU, False,
+                              shards=2, k=2, value=False)
+    assert full.activations == 288 * 32 * 4 and full.trainable == 1480
+    # make_plan reads k and the algorithm from the params: 16 prompts x 4 = 64 rows.
+    params = PipelineParams(batch_size=16, rl_algorithm="rloo", num_generations=4,
+                            prompt_sequence_length=5, target_sequence_length=3)
+    stage = plan.make_plan(params, HAND, HAND, CPU).stages[1]
+    assert stage.stage == "policy" and stage.micro_batch_size == 64 and stage.trainable == 272
+
+
 def test_inference_by_hand():
     est = plan.inference_memory(HAND, 1, batch=2, prompt_len=5, target_len=3, dev=CPU)
     # KV cache: 2 x 8 tokens x 32 elements x 4 bytes = 2048; weights (1480 + 272) x 4.

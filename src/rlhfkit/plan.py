@@ -212,10 +212,14 @@ def policy_memory(shape: ModelShape, reward_shape: ModelShape, lora_dim: int,
                   reward_lora_dim: int, shares_base: bool, kl_coeff: float, batch: int,
                   micro: int, prompt_len: int, target_len: int, dev: Device,
                   checkpointing: bool, rollout_micro: int | None = None,
-                  shards: int = 1) -> StageMemory:
+                  shards: int = 1, k: int = 1, value: bool = True) -> StageMemory:
     """PPO (policy_model.Roles): with LoRA one base serves policy, value, reference (and
     the reward adapter when it shares the base); otherwise the reward model is a second
-    trunk, and full tuning adds a frozen reference copy when kl_coeff > 0.
+    trunk, and full tuning adds a frozen reference copy when kl_coeff > 0. RLOO / GRPO:
+    `value` False (no value adapter or head) and k responses per prompt; `micro` and
+    `rollout_micro` count rows (episodes), and the update runs each group's prompt once:
+    micro / k prompts of P tokens + micro responses of T (policy_model.prompt_once_logits;
+    not under FSDP sharding, which runs every row in full).
 
     Peak = weights + gradients + Adam + the larger of the update (one graph alive:
     policy logits over the T+1 response positions, then values) and the rollout (the
@@ -228,18 +232,21 @@ def policy_memory(shape: ModelShape, reward_shape: ModelShape, lora_dim: int,
     policy while sampling (sharding.gathered)."""
     b = dev.dtype_bytes
     h = shape.hidden_size
-    if lora_dim:
-        trainable = 2 * shape.lora_params(lora_dim) + h  # policy + value adapters + head
+    head = h if value else 0
+    if lora_dim:  # policy (+ value) adapters (+ head)
+        trainable = (2 if value else 1) * shape.lora_params(lora_dim) + head
         params = shape.n_params + trainable
         if shares_base:
             params += shape.lora_params(reward_lora_dim) + h
     else:
-        trainable = shape.n_params + h
+        trainable = shape.n_params + head
         params = trainable + (shape.n_params if kl_coeff > 0 else 0)
     if not shares_base:
         params += (reward_shape.backbone_params + reward_shape.lora_params(reward_lora_dim)
                    + reward_shape.hidden_size)
-    est = StageMemory("policy", params, trainable, batch * (prompt_len + target_len), micro,
+    share = k if shards == 1 else 1  # prompts once per group of k
+    est = StageMemory("policy", params, trainable,
+                      batch * k // share * prompt_len + batch * k * target_len, micro,
                       checkpointing, runtime=RUNTIME_BYTES[dev.kind])
     est.weights = params * b
     _training_state(est, shape, b)
@@ -251,7 +258,7 @@ def policy_memory(shape: ModelShape, reward_shape: ModelShape, lora_dim: int,
         est.optimizer //= shards
         gathered = shape.n_params * b - shape.n_params * b // shards
         est.notes.append(f"sharded over {shards} processes")
-    tokens = micro * (prompt_len + target_len)
+    tokens = max(1, micro // share) * prompt_len + micro * target_len
     _with_activations(est, shape, tokens, b)
     logits = POLICY_LOGIT_COPIES * micro * (target_len + 1) * shape.vocab_size * 4
     kv = (rollout_micro or micro) * (prompt_len + target_len) * shape.kv_elements() * b
@@ -409,7 +416,7 @@ def make_plan(params, shape: ModelShape | None = None, reward_shape: ModelShape 
             reward_shape, params.reward_lora_dim, params.batch_size, m, p, t, device, c)))
         shares = (params.policy_lora_dim > 0 and params.reward_lora_dim > 0
                   and reward_ref == params.large_model_reference)
-        stages.append(_fit_policy(shape, reward_shape, params, shares, local, micro, ckpt,
+        stages.append(_fit_policy(shape, reward_shape, params, shares, local, ckpt,
                                   device, budget, processes))
     from rlhfkit.infer import DEFAULT_BATCH_SIZE
 
@@ -423,11 +430,13 @@ def shards(params, processes: int) -> int:
     return processes if getattr(params, "sharding", "none") == "fsdp" else 1
 
 
-def _fit_policy(shape, reward_shape, params, shares, local, micro, ckpt, device, budget,
+def _fit_policy(shape, reward_shape, params, shares, local, ckpt, device, budget,
                 processes: int = 1):
-    """PPO's micro-batches split each minibatch (local / num_minibatches prompts) in the
-    update and the local batch in the rollout."""
-    mini = max(1, local // params.num_minibatches)
+    """The RL stage's micro-batches (rows: prompts x k responses each) split each
+    minibatch (local / num_minibatches prompts) in the update and the local batch in the
+    rollout."""
+    k = params.generations_per_prompt
+    mini = max(1, local // params.num_minibatches) * k
     whole = params.micro_batch_size is None
 
     def fn(m: int, c: bool) -> StageMemory:
@@ -435,9 +444,11 @@ def _fit_policy(shape, reward_shape, params, shares, local, micro, ckpt, device,
                              params.reward_lora_dim, shares, params.kl_coeff,
                              params.batch_size, m, params.prompt_sequence_length,
                              params.target_sequence_length, device, c,
-                             rollout_micro=local if whole else m, shards=shards(params, processes))
+                             rollout_micro=local * k if whole else m,
+                             shards=shards(params, processes), k=k,
+                             value=params.rl_algorithm == "ppo")
 
-    m, c, _ = choose(fn, mini, micro, ckpt, budget)
+    m, c, _ = choose(fn, mini, params.micro_batch_size or mini, ckpt, budget)
     return fn(m, c)
 
 
