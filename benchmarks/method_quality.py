@@ -66,9 +66,11 @@ def overrides(a, method: str) -> dict:
 def params_for(a, method: str, seed: int, steps: int | None) -> dict:
     values = json.loads(Path(a.params).read_text())
     # Every method scores the file's episodes per step (batch_size x its num_generations)
-    k_file = values.get("num_generations") or (1 if values.get("rl_algorithm", "ppo") == "ppo"
-                                                else 4)
-    episodes = values.get("batch_size", 64) * k_file
+    from rlhfkit.params import PipelineParams
+
+    defaults = PipelineParams(rl_algorithm=values.get("rl_algorithm", "ppo"),
+                              num_generations=values.get("num_generations"))
+    episodes = values.get("batch_size", defaults.batch_size) * defaults.generations_per_prompt
     data = Path(a.data).resolve()
     values.update(preference_dataset=str(data / "preference.jsonl"),
                   prompt_dataset=str(data / "prompt.jsonl"), eval_dataset=str(data / "eval.jsonl"),

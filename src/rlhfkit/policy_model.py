@@ -347,7 +347,8 @@ class Roles(torch.nn.Module):
         if self.seq2seq:  # the encoder runs once; the decoder starts from its start token
             enc_mask = mask
             enc = self.lm.get_encoder()(input_ids=ids[::k], attention_mask=mask[::k])
-            enc.last_hidden_state = enc.last_hidden_state[rows]
+            if k > 1:
+                enc.last_hidden_state = enc.last_hidden_state[rows]
             start = torch.full_like(ids[:, :1], self.lm.config.decoder_start_token_id)
             out = self.lm(encoder_outputs=enc, attention_mask=enc_mask, decoder_input_ids=start,
                           use_cache=True, output_hidden_states=with_values)

@@ -113,12 +113,12 @@ def pieces(roll: Rollout, idx: torch.Tensor, micro: int | None, k: int):
     than one piece the groups go longest first, so each piece trims more padding; the summed
     losses do not change (every loss is normalised by the minibatch's counts)."""
     groups = idx.reshape(-1, k)
-    per = max(1, (micro or len(idx)) // k)
-    if per < len(groups):
+    slices = list(micro_slices(len(idx), micro, k))  # of rows, on group boundaries
+    if len(slices) > 1:
         real = roll.query_mask[groups[:, 0]].sum(1) + roll.mask[groups].sum(2).amax(1)
         groups = groups[torch.argsort(real, descending=True, stable=True)]
-    for s in range(0, len(groups), per):
-        yield roll.piece(groups[s:s + per].reshape(-1))
+    for s in slices:
+        yield roll.piece(groups[s.start // k:s.stop // k].reshape(-1))
 
 
 @torch.no_grad()
